@@ -12,15 +12,23 @@ def _prepare(args: argparse.Namespace) -> int:
     from toau.data.prepare import format_summary, prepare_bandai
 
     params = load_params(args.params, "data")
-    root = data_root(params.get("root"))
-    summary = prepare_bandai(
-        root / "bandai", args.out,
-        fps=params["fps"],
-        split_seed=params["split_seed"],
-        split_fractions=params["split_fractions"],
-        max_clips=args.max_clips if args.max_clips is not None else params.get("max_clips"),
-        workers=args.workers,
-    )
+    source = args.source or params.get("source", "bandai")
+    max_clips = args.max_clips if args.max_clips is not None else params.get("max_clips")
+    if source == "bandai":
+        summary = prepare_bandai(
+            data_root(params.get("root")) / "bandai", args.out,
+            fps=params["fps"],
+            split_seed=params["split_seed"],
+            split_fractions=params["split_fractions"],
+            max_clips=max_clips,
+            workers=args.workers,
+        )
+    elif source == "humanml3d":
+        from toau.data.humanml3d import prepare_humanml3d
+
+        summary = prepare_humanml3d(args.source_dir or params["humanml3d_dir"], args.out, max_clips=max_clips)
+    else:
+        raise ValueError(f"unknown data source {source!r}; use bandai or humanml3d")
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -35,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="turn raw motion capture into joints, features, splits and statistics")
     prepare.add_argument("--params", default=None, help="parameter file (default: params.yaml in the project)")
     prepare.add_argument("--out", default="build/data", help="output folder (default: build/data)")
+    prepare.add_argument("--source", choices=["bandai", "humanml3d"], default=None,
+                         help="data source (default: data.source in params.yaml)")
+    prepare.add_argument("--source-dir", default=None, help="folder of a humanml3d source (default: data.humanml3d_dir)")
     prepare.add_argument("--max-clips", type=int, default=None, help="keep an evenly spaced subset of this many clips")
     prepare.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, at most 4)")
     prepare.add_argument("--json", action="store_true", help="also print the summary as JSON")

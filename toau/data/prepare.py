@@ -102,5 +102,6 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{split:<6} {counts['clips']:>6} {counts['frames']:>8} {minutes:>8.1f}")
     if summary["failed"]:
         lines.append(f"skipped {len(summary['failed'])} clips: {sorted(summary['failed'])[:5]} ...")
-    lines.append(f"took {summary['seconds']} s")
+    if "seconds" in summary:
+        lines.append(f"took {summary['seconds']} s")
     return "\n".join(lines)
