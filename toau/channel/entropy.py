@@ -287,8 +287,9 @@ def decode(data: bytes, count: int, model: IndexModel) -> np.ndarray:
     """Decode indices (count,) int64 in [0, K) from `encode` output.
 
     Safe on untrusted bytes: the work is O(count log K) and memory O(count), so the
-    caller bounds `count`. Bytes that no encoder run could produce raise
-    EntropyDecodeError, and any other bytes decode to in-range indices.
+    caller bounds `count`. Invalid bytes either raise EntropyDecodeError or decode to
+    some in-range indices. Catching corruption that decodes cleanly is left to a checksum
+    such as the packet CRC.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
