@@ -22,8 +22,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-repro: $(STAMP)
-	$(BIN)/dvc repro
+# DVC reads the raw data through data/; link it to TOAU_DATA_ROOT when no data/ folder exists.
+data:
+	ln -s "$(abspath $(TOAU_DATA_ROOT))" data
+
+repro: $(STAMP) | data
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 prepare: $(STAMP)
 	$(BIN)/toau prepare

@@ -231,3 +231,21 @@ def test_build_missing_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         build_amass_folder(tmp_path / "amass", tmp_path / "absent", tmp_path / "out")
     assert "SMPL model folder" in str(error.value)
+
+
+def test_prepare_amass_cli(tmp_path, smpl_dir):
+    from toau.cli import main
+    from toau.data.prepared import PreparedData
+
+    src = tmp_path / "amass"
+    for i in range(10):
+        write_clip(src / "CMU" / f"{i:02d}_poses.npz", frames=40 + i)
+    out = tmp_path / "prepared"
+    code = main(["prepare", "--source", "amass", "--source-dir", str(src), "--smpl-model-dir", str(smpl_dir),
+                 "--out", str(out)])
+    assert code == 0
+    data = PreparedData(out)
+    assert [len(data.records(s)) for s in ("train", "val", "test")] == [8, 1, 1]
+    mean, std = data.stats()
+    assert mean.shape == (FEATURE_DIM,)
+    assert all(np.isfinite(f).all() for f in data.features("train"))

@@ -27,8 +27,16 @@ def _prepare(args: argparse.Namespace) -> int:
         from toau.data.humanml3d import prepare_humanml3d
 
         summary = prepare_humanml3d(args.source_dir or params["humanml3d_dir"], args.out, max_clips=max_clips)
+    elif source == "amass":
+        from toau.data.amass import prepare_amass
+
+        summary = prepare_amass(
+            args.source_dir or params["amass_dir"], args.smpl_model_dir or params["smpl_model_dir"], args.out,
+            gender=args.gender or params.get("smpl_gender"),
+            split_seed=params["split_seed"], split_fractions=params["split_fractions"], max_clips=max_clips,
+        )
     else:
-        raise ValueError(f"unknown data source {source!r}; use bandai or humanml3d")
+        raise ValueError(f"unknown data source {source!r}; use bandai, humanml3d or amass")
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -43,9 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="turn raw motion capture into joints, features, splits and statistics")
     prepare.add_argument("--params", default=None, help="parameter file (default: params.yaml in the project)")
     prepare.add_argument("--out", default="build/data", help="output folder (default: build/data)")
-    prepare.add_argument("--source", choices=["bandai", "humanml3d"], default=None,
+    prepare.add_argument("--source", choices=["bandai", "humanml3d", "amass"], default=None,
                          help="data source (default: data.source in params.yaml)")
-    prepare.add_argument("--source-dir", default=None, help="folder of a humanml3d source (default: data.humanml3d_dir)")
+    prepare.add_argument("--source-dir", default=None,
+                         help="folder of a humanml3d or amass source (default: data.humanml3d_dir / data.amass_dir)")
+    prepare.add_argument("--smpl-model-dir", default=None,
+                         help="folder holding SMPL_{NEUTRAL,MALE,FEMALE}.pkl for amass (default: data.smpl_model_dir)")
+    prepare.add_argument("--gender", choices=["neutral", "male", "female"], default=None,
+                         help="SMPL model gender for amass (default: each clip's own)")
     prepare.add_argument("--max-clips", type=int, default=None, help="keep an evenly spaced subset of this many clips")
     prepare.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, at most 4)")
     prepare.add_argument("--json", action="store_true", help="also print the summary as JSON")

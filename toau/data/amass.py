@@ -216,3 +216,45 @@ def build_amass_folder(
 def _skip(result: AmassBuildResult, path: Path, reason: str) -> None:
     log.warning("skipping %s: %s", path, reason)
     result.skipped[str(path)] = reason
+
+
+def prepare_amass(
+    src_dir: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    gender: str | None = None,
+    split_seed: int = 0,
+    split_fractions=(0.8, 0.1, 0.1),
+    max_clips: int | None = None,
+) -> dict:
+    """AMASS folder -> prepared dataset (toau.data.prepared layout), through a HumanML3D-style folder.
+
+    The HumanML3D-style files go to out_dir/humanml3d; clips are split at random with `split_seed`
+    (AMASS has no official split) and Mean/Std come from the train split.
+    """
+    from toau.data.humanml3d import prepare_humanml3d
+    from toau.data.prepared import feature_statistics
+
+    out_dir = Path(out_dir)
+    built = out_dir / "humanml3d"
+    result = build_amass_folder(src_dir, model_dir, built, gender=gender)
+    names = sorted(p.stem for p in (built / "new_joint_vecs").glob("*.npy"))
+    if not names:
+        raise ValueError(f"no AMASS clip in {src_dir} could be converted; skipped: {result.skipped}")
+
+    order = np.random.default_rng(split_seed).permutation(len(names))
+    bounds = np.cumsum(np.asarray(split_fractions) * len(names)).round().astype(int)
+    splits = {"train": order[:bounds[0]], "val": order[bounds[0]:bounds[1]], "test": order[bounds[1]:]}
+    for split, indices in splits.items():
+        (built / f"{split}.txt").write_text("".join(f"{names[i]}\n" for i in sorted(indices)))
+
+    train = [np.load(built / "new_joint_vecs" / f"{names[i]}.npy") for i in splits["train"]]
+    mean, std = feature_statistics(train or [np.load(built / "new_joint_vecs" / f"{names[0]}.npy")])
+    np.save(built / "Mean.npy", mean)
+    np.save(built / "Std.npy", std)
+
+    summary = prepare_humanml3d(built, out_dir, max_clips=max_clips)
+    summary["source"] = "amass"
+    summary["failed"].update({str(k): v for k, v in result.skipped.items()})
+    return summary
