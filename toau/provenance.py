@@ -1,4 +1,4 @@
-"""What produced a result: code version, packages, machine. Written into every result file."""
+"""Provenance records (code version, packages, machine) written into every result file."""
 
 import importlib.metadata
 import os
@@ -60,7 +60,7 @@ def _torch_threads() -> int | None:
 
 
 def provenance(**extra) -> dict:
-    """A record of the code, packages and machine; `extra` adds params, seeds, splits, model ids."""
+    """Build a record of the code, packages and machine. `extra` adds params, seeds, splits and model ids."""
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),

@@ -95,7 +95,8 @@ def assign_splits(clips: list[Clip], fractions=(0.8, 0.1, 0.1), seed: int = 0) -
     So every split gets each style in proportion; a content with a single clip stays in train.
     """
     fractions = np.asarray(fractions, dtype=np.float64)
-    assert fractions.shape == (3,) and np.isclose(fractions.sum(), 1.0), f"fractions must be 3 values summing to 1, got {fractions}"
+    if fractions.shape != (3,) or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(f"split fractions must be 3 values summing to 1, got {fractions}")
     rng = np.random.default_rng(seed)
 
     groups: dict[tuple[int, str], dict[str, list[Clip]]] = {}

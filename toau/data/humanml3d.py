@@ -33,7 +33,7 @@ class Caption:
 
 
 def parse_caption_line(line: str) -> Caption:
-    """One line of a HumanML3D text file; a line without '#' fields is a caption for the whole clip."""
+    """Parse one line of a HumanML3D text file. A line without '#' fields captions the whole clip."""
     parts = line.strip().split("#")
     text = parts[0].strip()
     start = float(parts[2]) if len(parts) > 2 and parts[2].strip() else 0.0
@@ -53,7 +53,7 @@ class HumanML3DFolder:
             raise FileNotFoundError(f"{self.root} is not a HumanML3D folder: missing {missing}")
 
     def split_ids(self, split: str) -> list[str]:
-        """Ids listed in {split}.txt, or every feature file when the list is absent and split is train."""
+        """Return the ids listed in {split}.txt, or every feature file when the list is absent and split is train."""
         path = self.root / f"{split}.txt"
         if path.is_file():
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
