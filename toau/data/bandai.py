@@ -137,7 +137,9 @@ def process_clip(clip: Clip, fps: float = 20.0) -> dict[str, np.ndarray]:
 
 
 def clip_record(clip: Clip, split: str) -> dict:
+    """Manifest entry of a clip; the path is kept relative to the dataset folder so that it is portable."""
     record = asdict(clip)
+    record["path"] = str(Path(clip.path).relative_to(Path(clip.path).parents[2]))
     record["split"] = split
     return record
 
