@@ -507,7 +507,7 @@ def cached_track(path: Path) -> PoseTrack:
 
 @pytest.fixture(scope="session")
 def pose2sim_tracks(data_dir) -> dict[str, PoseTrack]:
-    """MediaPipe tracks of the four Pose2Sim views (about 2 s per view on 2 CPU cores, uncached)."""
+    """MediaPipe tracks of the four Pose2Sim views (2 to 3 s per view on 2 shared CPU cores when not cached)."""
     return {view: cached_track(data_dir / f"videos/pose2sim/{view}.mp4") for view in VIEWS}
 
 
