@@ -7,6 +7,10 @@ import sys
 
 from toau.config import data_root, load_params
 
+DEFAULT_TOKENIZER = "build/tokenizer"
+EXIT_ERROR = 2
+EXIT_CODEBOOK_MISMATCH = 3  # the packet was made with another tokenizer than the one loaded
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from toau.data.prepare import format_summary, prepare_bandai
@@ -43,6 +47,53 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from toau.channel.codec import encode_motion, load_motion, load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer, require_index_model=args.entropy)
+    features = load_motion(args.input, joint_map=args.joint_map)
+    data = encode_motion(tokenizer, features, entropy=args.entropy)
+    Path(args.output).write_bytes(data)
+    frames = len(features) // tokenizer.frames_per_index * tokenizer.frames_per_index
+    print(
+        f"{args.output}: {len(features)} feature rows -> {frames // tokenizer.frames_per_index} indices, "
+        f"{len(data)} bytes ({'range-coded' if args.entropy else 'fixed 9-bit'}), "
+        f"{8 * len(data) / frames:.3f} bits per frame over {frames} frames"
+    )
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from toau.channel.codec import decode_motion, load_tokenizer
+    from toau.channel.packet import CodebookMismatchError
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    data = Path(args.packet).read_bytes()
+    try:
+        features, packet = decode_motion(tokenizer, data)
+    except CodebookMismatchError as error:
+        print(f"toau decode: error: {error} (tokenizer folder: {args.tokenizer})", file=sys.stderr)
+        return EXIT_CODEBOOK_MISMATCH
+    arrays = {"features": features, "indices": packet.indices, "fps": np.int64(packet.fps)}
+    if args.joints:
+        from toau.motion.humanml3d import features_to_joints
+
+        arrays["joints"] = features_to_joints(features).astype(np.float32)
+    np.savez(args.output, **arrays)
+    print(
+        f"{args.packet}: {len(data)} bytes, {packet.index_count} indices -> {args.output}: "
+        f"features {features.shape}" + (f", joints {arrays['joints'].shape}" if args.joints else "")
+        + (f", {8 * len(data) / len(features):.3f} bits per frame" if len(features) else "")
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toau", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -63,6 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, at most 4)")
     prepare.add_argument("--json", action="store_true", help="also print the summary as JSON")
     prepare.set_defaults(handler=_prepare)
+
+    encode = commands.add_parser("encode", help="compress a motion clip into a packet of codebook indices")
+    encode.add_argument("input", help="features .npy (T, 263), joints .npy (F, 22, 3) at 20 fps in metres, or .bvh[.gz]")
+    encode.add_argument("-o", "--output", required=True, help="packet file to write, e.g. clip.toau")
+    encode.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"tokenizer folder (default: {DEFAULT_TOKENIZER})")
+    encode.add_argument("--entropy", action="store_true", help="range-code the indices instead of 9 bits each")
+    encode.add_argument("--joint-map", default="bandai", help="joint map preset or YAML file for BVH input (default: bandai)")
+    encode.set_defaults(handler=_encode)
+
+    decode = commands.add_parser("decode", help="decode a packet into features (4N, 263)")
+    decode.add_argument("packet", help="packet file written by `toau encode`")
+    decode.add_argument("-o", "--output", required=True, help=".npz to write with features, indices and fps")
+    decode.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"tokenizer folder (default: {DEFAULT_TOKENIZER})")
+    decode.add_argument("--joints", action="store_true", help="also store joints (4N, 22, 3) in metres")
+    decode.set_defaults(handler=_decode)
     return parser
 
 
@@ -73,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"toau {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
