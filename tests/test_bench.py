@@ -477,6 +477,16 @@ def test_babel_qa_features(tmp_path, prepared):
     assert features[:, 3].mean() == pytest.approx(reference[:, 3].mean(), abs=0.02)
 
 
+def test_babel_qa_feat_path(tmp_path):
+    source = _write_babel_qa(tmp_path)
+    features = np.random.default_rng(0).normal(size=(30, FEATURE_DIM)).astype(np.float32)
+    np.save(tmp_path / "feats.npy", features)
+    source["000000"]["feat_path"] = "feats.npy"
+    (tmp_path / "questions.json").write_text(json.dumps(source))
+    question = load_babel_qa(tmp_path, split="test")[0]
+    np.testing.assert_array_equal(babel_qa_features(question, tmp_path), features)
+
+
 def _write_movid(folder):
     folder.mkdir()
     (folder / "clip_a.json").write_text(json.dumps([
@@ -501,6 +511,17 @@ def test_movid_bench_options_kept(tmp_path):
     ordered = next(q for q in load_movid_bench(tmp_path / "movid") if q.category == "order")
     assert ordered.choices == ("he sits", "he jumps", "he waves")
     assert ordered.answer == 0
+
+
+def test_movid_bench_keyed_file(tmp_path):
+    path = tmp_path / "bench.json"
+    records = {f"q{i}": {"question": "Which way?", "answer": answer, "category": "Direction", "video_id": f"v{i}"}
+               for i, answer in enumerate(["left", "right", "forward", "backward"])}
+    path.write_text(json.dumps(records))
+    questions = load_movid_bench(path)
+    assert [q.clip_ids[0] for q in questions] == ["v0", "v1", "v2", "v3"]
+    assert [q.answer_text for q in questions] == ["left", "right", "forward", "backward"]
+    assert {q.category for q in questions} == {"direction"}
 
 
 def test_movid_bench_missing_answer(tmp_path):
