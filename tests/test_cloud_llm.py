@@ -20,6 +20,15 @@ def smollm2():
     return llm.load_backbone(llm.SMOLLM2)
 
 
+@pytest.fixture
+def one_thread():
+    """Run SmolLM2 on one thread: on a loaded shared machine two threads measured 4-7x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- motion tokens
 
 
@@ -71,6 +80,14 @@ def test_add_motion_tokens_twice_is_noop(tiny):
     second = llm.add_motion_tokens(model, tokenizer)
     assert second == first
     assert torch.equal(model.get_input_embeddings().weight, weights)
+
+
+def test_motion_tokens_without_rows_rejected(tiny):
+    model, tokenizer = tiny
+    llm.add_motion_tokens(model, tokenizer)
+    bare_model = llm.tiny_llama(llm.tiny_tokenizer())
+    with pytest.raises(ValueError, match="already has the motion tokens"):
+        llm.add_motion_tokens(bare_model, tokenizer)
 
 
 # ---------------------------------------------------------------- loading
@@ -155,6 +172,26 @@ def test_gguf_cache_rebuilds_on_change(tmp_path, monkeypatch):
     assert (folder / "model.safetensors").is_file()
 
 
+def test_gguf_cache_keeps_concurrent_result(tmp_path, monkeypatch):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"weights")
+    folder = tmp_path / "converted"
+
+    def dequantise_while_another_process_finishes(path):
+        folder.mkdir()
+        (folder / "theirs").write_text("in use")
+        marker = {"sha256": llm.sha256_file(path)}
+        (folder / llm.SOURCE_MARKER).write_text(json.dumps(marker))
+        tokenizer = llm.tiny_tokenizer()
+        return llm.tiny_llama(tokenizer), tokenizer
+
+    monkeypatch.setattr(llm, "_dequantise_gguf", dequantise_while_another_process_finishes)
+
+    assert llm.convert_gguf(gguf, folder) == folder
+    assert (folder / "theirs").is_file()
+    assert [path.name for path in tmp_path.iterdir() if ".tmp-" in path.name] == []
+
+
 def test_smollm2_gguf_in_wheel():
     path = llm.smollm2_gguf_path()
     assert path.name == llm.SMOLLM2_GGUF
@@ -169,9 +206,11 @@ def test_smollm2_motion_rows(smollm2):
     # SmolLM2 ships no spare embedding rows: 49152 tokens, 49152 rows, so three rows are added.
     assert len(tokenizer) == 49152 + 3
     assert model.get_input_embeddings().weight.shape == (49152 + 3, 576)
+    motion_id = tokenizer.convert_tokens_to_ids(llm.MOTION_TOKEN)
+    assert tokenizer(llm.MOTION_TOKEN * 5, add_special_tokens=False)["input_ids"] == [motion_id] * 5
 
 
-def test_smollm2_answers_in_english(smollm2):
+def test_smollm2_answers_in_english(smollm2, one_thread):
     model, tokenizer = smollm2
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)

@@ -133,11 +133,14 @@ def convert_gguf(gguf_path: str | os.PathLike, folder: Path | None = None) -> Pa
     source = {"gguf": str(gguf_path), "sha256": digest, "transformers": transformers.__version__}
     (staging / SOURCE_MARKER).write_text(json.dumps(source, indent=2) + "\n")
 
+    # Another process may have finished the same conversion meanwhile: keep its folder, which may be in use.
+    if (_read_marker(folder) or {}).get("sha256") == digest:
+        shutil.rmtree(staging, ignore_errors=True)
+        return folder
     shutil.rmtree(folder, ignore_errors=True)
     try:
         staging.rename(folder)
     except OSError:
-        # Another process finished the same conversion first; keep its folder.
         shutil.rmtree(staging, ignore_errors=True)
         if (_read_marker(folder) or {}).get("sha256") != digest:
             raise
@@ -217,10 +220,15 @@ def add_motion_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     old_vocab = len(tokenizer)
     added = tokenizer.add_tokens(list(MOTION_TOKENS), special_tokens=True)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in MOTION_TOKENS}
+    rows = model.get_input_embeddings().weight.shape[0]
     if added == 0:
+        if max(ids.values()) >= rows:
+            raise ValueError(
+                f"the tokenizer already has the motion tokens (ids {sorted(ids.values())}) but the model has only "
+                f"{rows} embedding rows; load the tokenizer that belongs to this model"
+            )
         return ids
 
-    rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     new_ids = torch.tensor([ids[token] for token in MOTION_TOKENS if ids[token] >= old_vocab])

@@ -154,8 +154,8 @@ class MotionLanguageModel(nn.Module):
         """Tokenise the prompt (and the answer turn, cut at `max_length`).
 
         The prompt and the answer are tokenised separately, the prompt exactly as for generation.
-        Raises if `max_length` would cut into the motion span or, for the rest of the prompt, if the
-        prompt does not fit: only answer tokens are ever truncated.
+        Only answer tokens are ever truncated: a prompt longer than `max_length` raises ValueError,
+        with its own message when the cut would fall inside the motion span.
         """
         prompt = self._tokenize(self.build_prompt(question, num_motion_tokens))
         motion_end = prompt.index(self.motion_end_id) + 1
@@ -180,7 +180,7 @@ class MotionLanguageModel(nn.Module):
 
     def project(self, motion: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Project one motion (T, 263) to LLM input embeddings (N, d_model)."""
-        features = torch.as_tensor(np.asarray(motion) if not torch.is_tensor(motion) else motion)
+        features = motion if torch.is_tensor(motion) else torch.from_numpy(np.asarray(motion))
         if features.ndim != 2:
             raise ValueError(f"a motion must have shape (T, 263), got {tuple(features.shape)}")
         weight = next(self.projector.parameters())
