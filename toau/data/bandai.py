@@ -91,7 +91,8 @@ def assign_splits(clips: list[Clip], fractions=(0.8, 0.1, 0.1), seed: int = 0) -
     """Deterministic split by take, stratified by content and style: clip id -> "train" | "val" | "test".
 
     Within each (dataset, content) group the takes of every style are shuffled with `seed`, then
-    interleaved style by style, and each position goes to the split furthest below its quota.
+    interleaved style by style in a shuffled style order, and each position goes to the split
+    furthest below its quota.
     So every split gets each style in proportion; a content with a single clip stays in train.
     """
     fractions = np.asarray(fractions, dtype=np.float64)
@@ -106,7 +107,9 @@ def assign_splits(clips: list[Clip], fractions=(0.8, 0.1, 0.1), seed: int = 0) -
     assignment = {}
     for key in sorted(groups):
         by_style = groups[key]
-        styles = sorted(by_style)
+        # Shuffled style order, so that groups with one take per style (dataset 1) do not always
+        # send the same styles to val and test.
+        styles = [str(s) for s in rng.permutation(sorted(by_style))]
         queues = [list(rng.permutation(by_style[s])) for s in styles]
         order = []
         while any(queues):

@@ -63,7 +63,11 @@ class PreparedData:
 
     def features(self, split: str) -> list[np.ndarray]:
         """Features (T, 263) of every clip of a split, in manifest order."""
-        return [np.load(self.folder / "features" / f"{c['clip_id']}.npy") for c in self.records(split)]
+        return [self.clip_features(c["clip_id"]) for c in self.records(split)]
+
+    def clip_features(self, clip_id: str) -> np.ndarray:
+        """Features (T, 263) of one clip."""
+        return np.load(self.folder / "features" / f"{clip_id}.npy")
 
     def joints(self, clip_id: str) -> np.ndarray:
         return np.load(self.folder / "joints" / f"{clip_id}.npy")
