@@ -1,6 +1,7 @@
 """The `toau` command. Each subcommand is a thin layer over a library function."""
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -8,6 +9,9 @@ import sys
 from toau.config import data_root, load_params
 
 DEFAULT_TOKENIZER = "build/tokenizer"
+
+# Modules that add their own subcommands through `register(commands)`, beside those defined here.
+COMMAND_MODULES: tuple[str, ...] = ()
 EXIT_ERROR = 2
 EXIT_CODEBOOK_MISMATCH = 3  # the packet was made with another tokenizer than the one loaded
 
@@ -129,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"tokenizer folder (default: {DEFAULT_TOKENIZER})")
     decode.add_argument("--joints", action="store_true", help="also store joints (4N, 22, 3) in metres")
     decode.set_defaults(handler=_decode)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
     return parser
 
 
