@@ -10,9 +10,6 @@ machine, package versions and parameters. Writes nothing else.
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from toau.channel.packet import (
     packet_overhead,
     unpack_indices,
 )
+from toau.provenance import provenance
 
 CODEBOOK_SIZE = 512
 ZIPF_EXPONENT = 1.1
@@ -93,31 +91,6 @@ def measure_stream(train: np.ndarray, indices: np.ndarray, repeats: int) -> dict
     return row
 
 
-def cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo, or "" where that file does not exist (macOS, Windows)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def machine() -> dict:
-    return {
-        # platform.processor() is often empty on Linux, so the cpuinfo model name is recorded too.
-        "processor": platform.processor(),
-        "cpu_model": cpu_model(),
-        "machine": platform.machine(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000, help="number of indices in each synthetic stream")
@@ -161,7 +134,7 @@ def main() -> None:
         },
         "overhead_bytes": {kind.name.lower(): packet_overhead(kind) for kind in PayloadKind},
         "streams": rows,
-        "machine": machine(),
+        "provenance": provenance(),
     }
     RESULTS_FILE.parent.mkdir(exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(record, indent=2) + "\n")
