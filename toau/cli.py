@@ -11,7 +11,7 @@ from toau.config import data_root, load_params
 DEFAULT_TOKENIZER = "build/tokenizer"
 
 # Modules that add their own subcommands through `register(commands)`, beside those defined here.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("toau.edge.commands", "toau.cloud.commands")
 EXIT_ERROR = 2
 EXIT_CODEBOOK_MISMATCH = 3  # the packet was made with another tokenizer than the one loaded
 
