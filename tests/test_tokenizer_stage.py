@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from toau.channel.codec import load_tokenizer
+from toau.channel.packet import CRC_SIZE, HEADER_SIZE
+from toau.data.prepared import PreparedData
 from toau.tokenizer.stage import (
     LOSS_FIGURE,
     METRICS_FILE,
@@ -86,10 +88,12 @@ def test_split_metrics(stage):
     assert set(metrics["vqvae"]["channel_losses"]["val"]) == {"4:67", "193:259"}
 
 
-def test_fixed_payload_nine_bits(stage):
+def test_fixed_payload_nine_bits(stage, prepared_small):
     packets = stage[0]["packets"]
+    counts = [len(features) // 4 for features in PreparedData(prepared_small).features("test")]
+    packet_bits = sum(8 * (HEADER_SIZE + math.ceil(9 * n / 8) + CRC_SIZE) for n in counts if n)
     assert packets["fixed"]["payload_bits_per_frame"] == 2.25
-    assert packets["fixed"]["packet_bits_per_frame"] > 2.25
+    assert packets["fixed"]["packet_bits_per_frame"] == pytest.approx(packet_bits / (4 * sum(counts)))
     assert packets["entropy"]["packet_bits_per_frame"] > packets["entropy"]["payload_bits_per_frame"]
 
 
