@@ -59,6 +59,8 @@ SAMPLE_TOLERANCE_S = 1e-6
 # contacts read one more frame ahead.
 FEATURE_LOOKAHEAD_ROWS = int(4.0 * FACING_SMOOTHING_SIGMA + 0.5) + 1
 STAGES = ("decode", "pose", "features", "tokenizer", "packing")
+# Tokenizer inputs that `resolve_tokenizer` accepts: a folder, a Tokenizer, or (model, mean (263,), std (263,)).
+TokenizerSource = str | os.PathLike | Tokenizer | tuple
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class EdgeResult:
 # ---------------------------------------------------------------- helpers
 
 
-def resolve_tokenizer(source, entropy: bool = False) -> Tokenizer:
+def resolve_tokenizer(source: TokenizerSource, entropy: bool = False) -> Tokenizer:
     """Return a Tokenizer from a folder, a Tokenizer, or a (model, mean, std) tuple.
 
     A folder is loaded with `toau.channel.codec.load_tokenizer`, which raises
@@ -362,8 +364,13 @@ def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-def _digest(rows: np.ndarray) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).digest()
+def _row_digests(rows: np.ndarray) -> list[bytes]:
+    """Return a 16-byte BLAKE2b digest of each row of a (T, D) array."""
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in np.ascontiguousarray(rows)]
+
+
+def _chunk_digest(row_digests: list[bytes]) -> bytes:
+    return hashlib.blake2b(b"".join(row_digests), digest_size=16).digest()
 
 
 def _packet(tokenizer: Tokenizer, indices: np.ndarray, features: np.ndarray, params: EdgeParams) -> bytes:
@@ -387,7 +394,8 @@ def encode_track(
     times: the decode and pose times so far, which this adds to.
     last_arrival: the `time.perf_counter()` at which the last frame arrived (default: now).
     """
-    times = times or StageTimes()
+    if times is None:
+        times = StageTimes()
     last_arrival = time.perf_counter() if last_arrival is None else last_arrival
     with timed(times, "features"):
         joints = motion_from_track(track, params, tokenizer.frames_per_index)
@@ -412,7 +420,7 @@ def encode_track(
 
 def run_edge(
     video_path: str | os.PathLike,
-    tokenizer,
+    tokenizer: TokenizerSource,
     params: EdgeParams | None = None,
     *,
     estimator: PoseEstimator | None = None,
@@ -450,11 +458,12 @@ def run_edge(
                 with timed(times, "pose"):
                     poses.append(estimator.process_frame(frame.image, frame.timestamp))
                 stamps.append(frame.timestamp)
+        track = PoseTrack.from_frames(poses, stamps)
+        result = encode_track(track, tokenizer, params, times, frames_decoded=decoded, last_arrival=last_arrival)
     finally:
+        # Closed after the packet, so that after_last_frame_ms leaves out the estimator's teardown.
         if owned:
             estimator.close()
-    track = PoseTrack.from_frames(poses, stamps)
-    result = encode_track(track, tokenizer, params, times, frames_decoded=decoded, last_arrival=last_arrival)
     log.info(
         "%s: %d frames, detection rate %.2f, %d indices in %d bytes",
         video_path, decoded, result.detection_rate, len(result.indices), result.packet_size,
@@ -495,7 +504,9 @@ class EdgeStream:
     window grows with the clip (about 32 ms for 1200 frames on one CPU core).
     """
 
-    def __init__(self, tokenizer, params: EdgeParams | None = None, *, estimator: PoseEstimator | None = None):
+    def __init__(
+        self, tokenizer: TokenizerSource, params: EdgeParams | None = None, *, estimator: PoseEstimator | None = None
+    ):
         self.params = params or EdgeParams()
         self.tokenizer = resolve_tokenizer(tokenizer, self.params.entropy)
         self._owned = estimator is None
@@ -553,6 +564,7 @@ class EdgeStream:
                 indices, stats = self._reconcile(features)
             with timed(self.timings, "packing"):
                 packet = _packet(self.tokenizer, indices, features, self.params)
+            after_last_frame_ms = 1000.0 * (time.perf_counter() - self._last_arrival)
         finally:
             self.close()
         return EdgeResult(
@@ -563,7 +575,7 @@ class EdgeStream:
             track=track,
             detection_rate=track.detection_rate,
             timings_ms=self.timings,
-            after_last_frame_ms=1000.0 * (time.perf_counter() - self._last_arrival),
+            after_last_frame_ms=after_last_frame_ms,
             frames_decoded=self.frames_pushed,
             frames_per_index=self.tokenizer.frames_per_index,
             stream=stats,
@@ -627,7 +639,8 @@ class EdgeStream:
         rows = features[row_start:row_stop]
         chunk = self.tokenizer.encode(rows)
         offset = row_start // step
-        return _Batch(first, stop, row_start, row_stop, _digest(rows), chunk[first - offset : stop - offset])
+        digest = _chunk_digest(_row_digests(rows))
+        return _Batch(first, stop, row_start, row_stop, digest, chunk[first - offset : stop - offset])
 
     def _reconcile(self, features: np.ndarray) -> tuple[np.ndarray, StreamStats]:
         """Return the indices (N,) of the final features, reusing unchanged encoded chunks."""
@@ -636,9 +649,12 @@ class EdgeStream:
         indices = np.zeros(count, dtype=np.int64)
         valid = np.zeros(count, dtype=bool)
         emitted = 0
+        # Hashing each final row once keeps this linear in the rows, although chunks overlap.
+        final_digests = _row_digests(features)
         for batch in self._batches:
             emitted += batch.stop - batch.first
-            if batch.row_stop <= len(features) and _digest(features[batch.row_start : batch.row_stop]) == batch.digest:
+            unchanged = _chunk_digest(final_digests[batch.row_start : batch.row_stop]) == batch.digest
+            if batch.row_stop <= len(features) and unchanged:
                 indices[batch.first : batch.stop] = batch.indices
                 valid[batch.first : batch.stop] = True
         kept = int(valid.sum())
@@ -649,7 +665,7 @@ class EdgeStream:
 
 def stream_video(
     video_path: str | os.PathLike,
-    tokenizer,
+    tokenizer: TokenizerSource,
     params: EdgeParams | None = None,
     *,
     estimator: PoseEstimator | None = None,
