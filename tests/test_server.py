@@ -13,7 +13,15 @@ import pytest
 from toau.channel.codec import packet_bytes
 from toau.cloud import commands
 from toau.cloud.server import DEFAULT_HOST, DEFAULT_PORT, ServerThread, create_app
-from toau.cloud.service import ModelBundle, ServiceLimits, random_tokenizer, tiny_bundle
+from toau.cloud.service import (
+    BatchWorker,
+    Job,
+    ModelBundle,
+    ServiceLimits,
+    ServiceStoppedError,
+    random_tokenizer,
+    tiny_bundle,
+)
 from toau.edge.client import ServiceRejected, http_request_bytes, send_packet
 
 QUESTION = "what is the person doing?"
@@ -253,6 +261,25 @@ def test_concurrent_requests_answered(server, bundle):
     assert len({response.json()["request_id"] for response in responses}) == 12
 
 
+def test_worker_stop_fails_queued(bundle):
+    gated_bundle = GatedBundle(bundle.tokenizer, bundle.model, bundle.llm_name)
+    worker = BatchWorker(gated_bundle, ServiceLimits(max_new_tokens=NEW_TOKENS, max_batch=1))
+    worker.start()
+    indices = bundle.parse(make_packet(bundle), 64).indices
+    running = worker.submit(Job("running", indices, QUESTION, max_new_tokens=1))
+    assert gated_bundle.entered.wait(10)
+    queued = worker.submit(Job("queued", indices, QUESTION, max_new_tokens=1))
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    wait_for(queued.done)
+    gated_bundle.release.set()
+    stopper.join(10)
+    assert isinstance(queued.exception(), ServiceStoppedError)
+    assert isinstance(running.result().answer, str)
+    with pytest.raises(ServiceStoppedError):
+        worker.submit(Job("late", indices, QUESTION))
+
+
 # ---------------------------------------------------------------- health, schema, logs, client
 
 
@@ -312,3 +339,19 @@ def test_request_bytes_counted(bundle):
 
 def test_cli_defaults_match_server():
     assert (commands.DEFAULT_HOST, commands.DEFAULT_PORT) == (DEFAULT_HOST, DEFAULT_PORT)
+
+
+def test_send_cli_prints_answer(server, bundle, tmp_path, capsys):
+    path = tmp_path / "clip.toau"
+    path.write_bytes(make_packet(bundle))
+    code = commands.main(["send", str(path), "--url", server.url, "--question", QUESTION, "--max-new-tokens", "1"])
+    assert code == 0
+    assert "sent 54 packet bytes" in capsys.readouterr().out
+
+
+def test_send_cli_reports_rejection(server, tmp_path, capsys):
+    path = tmp_path / "foreign.toau"
+    path.write_bytes(packet_bytes(random_tokenizer(seed=2), np.arange(8), 32))
+    code = commands.main(["send", str(path), "--url", server.url, "--question", QUESTION])
+    assert code == commands.EXIT_REJECTED
+    assert "409: codebook_hash is" in capsys.readouterr().err

@@ -33,15 +33,12 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from toau.cloud.server import create_app, serve
-    from toau.cloud.service import load_bundle, tiny_bundle
+    from toau.cloud.service import load_bundle
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.tiny:
-        bundle = tiny_bundle(seed=args.seed)
-    else:
-        projector = None if args.projector == "none" else args.projector
-        bundle = load_bundle(args.tokenizer, projector, args.llm, seed=args.seed)
+    projector = None if args.projector == "none" else args.projector
+    bundle = load_bundle(args.tokenizer, projector, args.llm, seed=args.seed, tokens_per=args.tokens_per)
     serve(create_app(bundle, _limits(args)), args.host, args.port, access_log=args.access_log)
     return 0
 
@@ -52,14 +49,16 @@ def _format_timings(timings: dict) -> str:
 
 def _send(args: argparse.Namespace) -> int:
     import httpx
+    import torch
 
     from toau.edge.client import ServiceRejected, send_file
 
+    torch.set_num_threads(args.threads)
     try:
         reply = send_file(
             args.url, args.input, args.question,
             choices=args.choice, max_new_tokens=args.max_new_tokens, tokenizer=args.tokenizer,
-            timeout_s=args.timeout,
+            stream=args.stream, timeout_s=args.timeout,
         )
     except ServiceRejected as error:
         print(f"toau send: the server rejected the request {error.request_id}: {error}", file=sys.stderr)
@@ -70,7 +69,8 @@ def _send(args: argparse.Namespace) -> int:
 
     if args.json:
         print(json.dumps({"response": reply.body, "request_bytes": reply.request_bytes,
-                          "payload_bytes": reply.payload_bytes, "client_timings_ms": reply.timings_ms}, indent=2))
+                          "payload_bytes": reply.payload_bytes, "client_timings_ms": reply.timings_ms,
+                          "edge": reply.edge}, indent=2))
         return 0
     if args.choice:
         best = reply.body["choice"]
@@ -88,13 +88,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve the cloud model over HTTP (loopback by default)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port, 0 picks a free one (default: {DEFAULT_PORT})")
-    serve.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"tokenizer folder (default: {DEFAULT_TOKENIZER})")
+    serve.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                       help="tokenizer folder; 'random' is an untrained VQ-VAE with the params.yaml architecture, "
+                       f"'tiny' one of width 16 (default: {DEFAULT_TOKENIZER})")
     serve.add_argument("--projector", default="none",
                        help="trained projector folder; 'none' uses an untrained one, for timing only (default: none)")
+    serve.add_argument("--tokens-per", choices=["frame", "index"], default="frame",
+                       help="motion tokens of the untrained projector: one per frame or per index (default: frame)")
     serve.add_argument("--llm", default=DEFAULT_LLM,
-                       help="language model: smollm2-135m-instruct, a .gguf file, a model folder or a cached hub id")
-    serve.add_argument("--tiny", action="store_true",
-                       help="serve random tiny models instead (smoke and load tests; the answers are meaningless)")
+                       help="language model: smollm2-135m-instruct, a .gguf file, a model folder, a cached hub id, "
+                       f"or 'tiny' for a random 2-layer Llama (default: {DEFAULT_LLM})")
     serve.add_argument("--seed", type=int, default=0, help="seed of untrained and tiny models (default: 0)")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     limits = serve.add_argument_group("limits", "each defaults to the field of the same name in toau.cloud.service.ServiceLimits")
@@ -117,6 +120,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     send.add_argument("--max-new-tokens", type=int, default=None, help="max generated tokens (default: the server's limit)")
     send.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                       help=f"tokenizer folder for video input (default: {DEFAULT_TOKENIZER})")
+    send.add_argument("--stream", action="store_true",
+                      help="for video input, feed the frames one at a time through the streaming edge pipeline")
+    send.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads of the edge tokenizer for video input (default: 1)")
     send.add_argument("--timeout", type=float, default=120.0, help="client timeout in seconds (default: 120)")
     send.add_argument("--json", action="store_true", help="print the whole response and timings as JSON")
     send.set_defaults(handler=_send)

@@ -23,14 +23,19 @@ rejection is logged with its request id and reason.
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -38,6 +43,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from toau.channel.packet import (
     CodebookMismatchError,
@@ -64,6 +70,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # ids taken from clients, so logs stay clean
 PACKET_MEDIA_TYPE = "application/octet-stream"
 SERVER_START_TIMEOUT_S = 30.0
+LISTENING_MESSAGE = "listening on http://%s:%d"  # `ServerProcess` reads the URL from this log line
+# Idle keep-alive connections close after this many seconds. It exceeds httpx's default
+# keepalive_expiry (5 s): with equal values, a client can send a request on a connection
+# that the server is closing at that moment and get a ReadError instead of a status.
+KEEP_ALIVE_S = 15
 
 PACKET_BODY = {
     "requestBody": {
@@ -214,6 +225,9 @@ class _Handler:
             raise ServiceError(
                 408, f"the request body did not arrive within the {self.limits.request_timeout_s} s request timeout"
             ) from None
+        except ClientDisconnect:
+            # The client never reads this response, but the rejection is still logged with the request id.
+            raise ServiceError(400, "the client disconnected before sending the whole body") from None
         received = time.perf_counter()
         try:
             packet = await run_in_threadpool(self.bundle.parse, body, self.limits.max_indices)
@@ -401,13 +415,15 @@ def bind_socket(host: str = DEFAULT_HOST, port: int = 0) -> socket.socket:
 
 def uvicorn_config(app: FastAPI, *, log_level: str = "info", access_log: bool = False) -> uvicorn.Config:
     # The service logs its own rejections, so uvicorn's access log is off by default.
-    return uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on", log_config=None)
+    return uvicorn.Config(
+        app, log_level=log_level, access_log=access_log, lifespan="on", log_config=None, timeout_keep_alive=KEEP_ALIVE_S
+    )
 
 
 def serve(app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, access_log: bool = False) -> None:
     """Serve the app in this thread until SIGINT or SIGTERM."""
     sock = bind_socket(host, port)
-    log.info("listening on http://%s:%d", host, sock.getsockname()[1])
+    log.info(LISTENING_MESSAGE, host, sock.getsockname()[1])
     uvicorn.Server(uvicorn_config(app, access_log=access_log)).run(sockets=[sock])
 
 
@@ -445,6 +461,66 @@ class ServerThread:
         self.socket.close()
 
     def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class ServerProcess:
+    """`toau serve` with serve_args in a subprocess; `url` is read from its log once it starts.
+
+    wrapper goes before the Python command, e.g. `ip netns exec NAME` to run the server in a
+    network namespace. The log (stdout and stderr) goes to log_path. Use as a context manager.
+    """
+
+    def __init__(self, serve_args: list[str], log_path: str | os.PathLike, *, wrapper: tuple[str, ...] = (),
+                 cwd: str | os.PathLike | None = None, start_timeout_s: float = 600.0):
+        self.command = [*wrapper, sys.executable, "-m", "toau.cloud.commands", "serve", *serve_args]
+        self.log_path = log_path
+        self.cwd = cwd
+        self.start_timeout_s = start_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def log_text(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def start(self) -> "ServerProcess":
+        """Start the process and wait until /healthz returns 200; raise RuntimeError with the log tail if not."""
+        pattern = re.compile(LISTENING_MESSAGE.replace("%s:%d", r"(\S+)"))
+        with open(self.log_path, "w") as log_file:
+            self.process = subprocess.Popen(self.command, stdout=log_file, stderr=subprocess.STDOUT, cwd=self.cwd)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.process.returncode}:\n{self.log_text()[-2000:]}")
+            match = pattern.search(self.log_text())
+            if match:
+                url = "http://" + match.group(1)
+                try:
+                    if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                        self.url = url
+                        return self
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"/healthz did not return 200 within {self.start_timeout_s} s:\n{self.log_text()[-2000:]}")
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Send SIGTERM, which uvicorn handles by finishing open requests, and kill after timeout_s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "ServerProcess":
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

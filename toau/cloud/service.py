@@ -30,6 +30,9 @@ from toau.tokenizer.vqvae import VQVAE, VQVAEConfig
 
 log = logging.getLogger(__name__)
 
+RANDOM_TOKENIZER = "random"  # an untrained VQ-VAE with the architecture in params.yaml
+TINY = "tiny"  # a VQ-VAE of width 16 as tokenizer, or a 2-layer Llama of width 32 as LLM
+
 
 @dataclass(frozen=True)
 class ServiceLimits:
@@ -157,32 +160,52 @@ class ModelBundle:
         return self.model.score_choices(motion, question, list(choices))
 
 
+def load_motion_tokenizer(source: str | os.PathLike, seed: int = 0) -> Tokenizer:
+    """Load a tokenizer folder, or build an untrained one for RANDOM_TOKENIZER or TINY (equal seeds, equal hashes)."""
+    if source == RANDOM_TOKENIZER:
+        from toau.config import load_params
+
+        return random_tokenizer(VQVAEConfig.from_dict(load_params(section="tokenizer")["model"]), seed)
+    if source == TINY:
+        return random_tokenizer(seed=seed)
+    return load_tokenizer(source)
+
+
 def load_bundle(
-    tokenizer_dir: str | os.PathLike,
-    projector_dir: str | os.PathLike | None,
+    tokenizer: str | os.PathLike = RANDOM_TOKENIZER,
+    projector: str | os.PathLike | None = None,
     llm_name: str = llm.SMOLLM2,
     *,
     seed: int = 0,
+    tokens_per: str = "frame",
 ) -> ModelBundle:
-    """Load the tokenizer folder, the LLM and the projector folder into a bundle.
+    """Load a tokenizer, an LLM and a projector into a bundle.
 
-    projector_dir None builds an untrained projector (seeded), which gives the timings of
-    the real model but meaningless answers.
+    tokenizer: a tokenizer folder, RANDOM_TOKENIZER or TINY. llm_name: a name that
+    `toau.cloud.llm.load_backbone` accepts, or TINY. projector: a projector folder, or None for an
+    untrained one with `tokens_per` motion tokens. Untrained parts (seeded) cost the same
+    compute as trained ones, so they give real timings but meaningless answers.
     """
-    tokenizer = load_tokenizer(tokenizer_dir)
-    backbone, text_tokenizer = llm.load_backbone(llm_name)
-    if projector_dir is None:
-        log.warning("no projector given: using an untrained one, so the answers are meaningless")
-        projector = _random_projector(backbone, tokenizer.frames_per_index, seed)
+    motion_tokenizer = load_motion_tokenizer(tokenizer, seed)
+
+    if llm_name == TINY:
+        text_tokenizer = llm.tiny_tokenizer()
+        backbone = llm.tiny_llama(text_tokenizer, seed=seed)
+        llm.add_motion_tokens(backbone, text_tokenizer)
+        llm.freeze(backbone)
     else:
-        projector = load_projector(projector_dir)
-    return ModelBundle(tokenizer, MotionLanguageModel(backbone, text_tokenizer, projector), llm_name)
+        backbone, text_tokenizer = llm.load_backbone(llm_name)
 
-
-def _random_projector(backbone, frames_per_index: int, seed: int) -> MotionProjector:
-    torch.manual_seed(seed)
-    width = backbone.get_input_embeddings().weight.shape[1]
-    return MotionProjector(ProjectorConfig(llm_hidden_size=width, frames_per_index=frames_per_index))
+    if projector is None:
+        log.warning("no projector given: using an untrained one, so the generated text is meaningless")
+        torch.manual_seed(seed)
+        width = backbone.get_input_embeddings().weight.shape[1]
+        config = ProjectorConfig(width, tokens_per, frames_per_index=motion_tokenizer.frames_per_index)
+        motion_projector = MotionProjector(config)
+    else:
+        motion_projector = load_projector(projector)
+    model = MotionLanguageModel(backbone, text_tokenizer, motion_projector)
+    return ModelBundle(motion_tokenizer, model, f"{TINY}-llama" if llm_name == TINY else str(llm_name))
 
 
 def random_tokenizer(config: VQVAEConfig | None = None, seed: int = 0) -> Tokenizer:
@@ -203,19 +226,12 @@ def random_tokenizer(config: VQVAEConfig | None = None, seed: int = 0) -> Tokeni
     return Tokenizer(model.eval(), mean, std)
 
 
-def tiny_bundle(seed: int = 0, tokenizer: Tokenizer | None = None) -> ModelBundle:
-    """Build a bundle of random tiny models (VQ-VAE width 16, 2-layer Llama of width 32) in about a second.
+def tiny_bundle(seed: int = 0) -> ModelBundle:
+    """Build a bundle of random tiny models in about a second, one motion token per index.
 
-    The answers are meaningless. It exercises the service machinery in tests and load tests.
+    The generated text is meaningless. The bundle exercises the service machinery in tests and load tests.
     """
-    text_tokenizer = llm.tiny_tokenizer()
-    backbone = llm.tiny_llama(text_tokenizer, seed=seed)
-    llm.add_motion_tokens(backbone, text_tokenizer)
-    llm.freeze(backbone)
-    torch.manual_seed(seed)
-    projector = MotionProjector(ProjectorConfig(llm_hidden_size=32, tokens_per="index"))
-    model = MotionLanguageModel(backbone, text_tokenizer, projector)
-    return ModelBundle(tokenizer or random_tokenizer(seed=seed), model, "tiny-llama")
+    return load_bundle(TINY, None, TINY, seed=seed, tokens_per="index")
 
 
 # ---------------------------------------------------------------- jobs and worker

@@ -6,7 +6,6 @@ round_trip runs from sending the request to the parsed response. network is the 
 minus the server's compute: connection setup, upload, download and HTTP handling.
 """
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,9 +15,7 @@ import httpx
 
 from toau.channel.packet import MAGIC
 
-log = logging.getLogger(__name__)
-
-DEFAULT_TIMEOUT_S = 120.0  # above the server's default request timeout, so the server answers first
+DEFAULT_TIMEOUT_S = 120.0  # above the server's default request timeout, so the server's 504 arrives first
 ANSWER_PATH = "/v1/answer"
 CHOOSE_PATH = "/v1/choose"
 HEALTH_PATH = "/healthz"
@@ -43,7 +40,8 @@ class Reply:
     body: dict  # the server's AnswerResponse or ChooseResponse JSON
     payload_bytes: int  # the packet
     request_bytes: int  # the HTTP request: request line, headers, blank line and packet
-    timings_ms: dict = field(default_factory=dict)  # round_trip, network, and edge when the edge ran
+    timings_ms: dict = field(default_factory=dict)  # round_trip, network, and edge timings when the edge ran
+    edge: dict | None = None  # the edge pipeline's summary, for video input
 
     @property
     def server_timings_ms(self) -> dict:
@@ -137,28 +135,33 @@ def is_packet_file(path: str | os.PathLike) -> bool:
 def send_file(url: str, path: str | os.PathLike, question: str, **options) -> Reply:
     """Send a packet file, or run the edge pipeline on a video file and send its packet.
 
-    options go to `send_packet`, except `tokenizer` (folder) for videos.
+    options go to `send_packet`, except `tokenizer` (folder) and `stream` for videos.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; pass a packet written by `toau encode` or a video")
     tokenizer = options.pop("tokenizer", None)
+    stream = options.pop("stream", False)
     if is_packet_file(path):
         return send_packet(url, path.read_bytes(), question, **options)
-    return send_video(url, path, question, tokenizer=tokenizer, **options)
+    if tokenizer is None:
+        raise ValueError(f"{path} is a video, so the edge pipeline needs tokenizer= (a tokenizer folder)")
+    return send_video(url, path, question, tokenizer=tokenizer, stream=stream, **options)
 
 
-def send_video(url: str, video: str | os.PathLike, question: str, *, tokenizer=None, **options) -> Reply:
-    """Run the edge pipeline on a video, send its packet, and add the edge time to the reply's timings."""
-    try:
-        from toau.edge import pipeline
-    except ImportError as error:
-        raise ValueError(
-            f"{video} is not a packet file and the edge pipeline (toau.edge.pipeline) is not installed: {error}"
-        ) from None
-    started = time.perf_counter()
-    packet = pipeline.video_to_packet(video, tokenizer=tokenizer)
-    edge_ms = 1000 * (time.perf_counter() - started)
-    reply = send_packet(url, packet, question, **options)
-    reply.timings_ms["edge"] = edge_ms
+def send_video(url: str, video: str | os.PathLike, question: str, *, tokenizer, stream: bool = False,
+               params=None, **options) -> Reply:
+    """Run the edge pipeline on a video, send its packet, and add the edge timings to the reply.
+
+    stream feeds the frames one at a time through `EdgeStream`. The reply's timings gain
+    edge (the pipeline's stage time) and edge_after_last_frame (from the last decoded frame
+    to the packet), and `edge` contains the pipeline's summary.
+    """
+    from toau.edge.pipeline import run_edge, stream_video
+
+    result = (stream_video if stream else run_edge)(video, tokenizer, params)
+    reply = send_packet(url, result.packet, question, **options)
+    reply.timings_ms["edge"] = result.timings_ms.total
+    reply.timings_ms["edge_after_last_frame"] = result.after_last_frame_ms
+    reply.edge = result.summary()
     return reply
