@@ -144,6 +144,8 @@ def summarise(records: list[dict], seconds: float) -> dict:
         "batch_size_counts": {str(size): count for size, count in sorted(Counter(r["batch_size"] for r in answered).items())},
         "server_total_ms": percentiles([r["server_ms"]["total"] for r in answered]),
         "server_queue_wait_ms": percentiles([r["server_ms"]["queue_wait"] for r in answered]),
+        # Client latency that the server's handler did not see: connection handling, HTTP parsing, event loops.
+        "outside_handler_ms": percentiles([r["latency_ms"] - r["server_ms"]["total"] for r in answered]),
         "server_mean_ms": {
             part: float(np.mean([r["server_ms"][part] for r in answered])) if answered else None for part in server_parts
         },
@@ -176,7 +178,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the packets (default: 0)")
     parser.add_argument("--name", default=None, help="run name in the results file (default: from the options)")
     args = parser.parse_args()
-    name = args.name or f"{args.llm}-batch{args.max_batch}-queue{args.max_queue}-c{args.concurrency}-n{args.requests}"
+    name = args.name or (
+        f"{args.llm}-{args.tokens_per}-batch{args.max_batch}-queue{args.max_queue}-c{args.concurrency}-n{args.requests}"
+    )
 
     with tempfile.TemporaryDirectory() as folder:
         with ServerProcess(serve_args(args), Path(folder) / "server.log", cwd=ROOT) as server:
