@@ -280,6 +280,42 @@ def plot_history(history: list[dict], path: Path, window: int = LOSS_WINDOW) -> 
     fig.savefig(path, dpi=120)
 
 
+def _check_statistics(tokenizer: Tokenizer, prepared: PreparedData) -> None:
+    """Warn when the tokenizer was trained with other statistics than the prepared dataset's."""
+    if stats_checksum(tokenizer.mean, tokenizer.std) != stats_checksum(*prepared.stats()):
+        log.warning(
+            "the tokenizer's Mean/Std differ from those in %s, so it was trained on another preparation of the "
+            "data; the motion is normalised with the tokenizer's statistics. Rerun the tokenizer stage to match.",
+            prepared.folder,
+        )
+
+
+def train_run(model: MotionLanguageModel, stages: list, train_params: dict, run_dir: Path) -> tuple[list[dict], dict]:
+    """Train (or resume, or reuse) the run in run_dir; return the loss history and the training time.
+
+    timing: seconds and steps of training summed over the invocations that trained, with the
+    1-minute load average before and after the last of them.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timing_path = run_dir / TIMING_FILE
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"seconds": 0.0, "steps": 0}
+    steps_before = _steps_done(run_dir)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    try:
+        history = train_projector(model, stages, train_params, run_dir)
+    finally:
+        # Also after an interruption, so that the checkpointed steps keep their time.
+        steps = _steps_done(run_dir) - steps_before
+        if steps > 0:
+            timing["seconds"] += time.perf_counter() - started
+            timing["steps"] += steps
+            timing["load_average_1min"] = [load_before[0], os.getloadavg()[0]]
+            timing_path.write_text(json.dumps(timing) + "\n")
+    log.info("projector run %s: %d steps, %.0f s of training", run_dir, len(history), timing["seconds"])
+    return history, timing
+
+
 def run_projector_stage(
     prepared_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
@@ -306,6 +342,7 @@ def run_projector_stage(
 
     prepared = PreparedData(prepared_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
+    _check_statistics(tokenizer, prepared)
     frames = {record["clip_id"]: record["frames"] for record in prepared.records()}
     texts = training_samples(prepared, "train", seed=params["sample_seed"])
     unknown = sorted(set(params["stages"]) - set(texts))
@@ -323,24 +360,7 @@ def run_projector_stage(
     stages = [(name, MotionSamples(kept[name], motions), int(steps)) for name, steps in params["stages"].items()]
 
     key = run_key(params, llm_name, tokenizer_dir, prepared)
-    run_dir = runs_dir / f"projector-{key}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    timing_path = run_dir / TIMING_FILE
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"seconds": 0.0, "steps": 0}
-    steps_before = _steps_done(run_dir)
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    try:
-        history = train_projector(model, stages, params["train"], run_dir)
-    finally:
-        # Also after an interruption, so that the checkpointed steps keep their time.
-        steps = _steps_done(run_dir) - steps_before
-        if steps > 0:
-            timing["seconds"] += time.perf_counter() - started
-            timing["steps"] += steps
-            timing["load_average_1min"] = [load_before[0], os.getloadavg()[0]]
-            timing_path.write_text(json.dumps(timing) + "\n")
-    log.info("projector run %s: %d steps, %.0f s of training", run_dir, len(history), timing["seconds"])
+    history, timing = train_run(model, stages, params["train"], runs_dir / f"projector-{key}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_projector(model.projector, out_dir)
@@ -631,6 +651,7 @@ def run_benchmark_stage(
 
     prepared = PreparedData(prepared_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
+    _check_statistics(tokenizer, prepared)
     cloud = load_cloud_record(cloud_dir, tokenizer)
     if backbone is None:
         llm, text_tokenizer = load_backbone(cloud["llm"])
