@@ -227,6 +227,7 @@ def plot_losses(histories: dict[str, list[dict]], path: Path) -> None:
     axes = fig.subplots(1, 2)
     sns.lineplot(data=frame, x="step", y="value", hue="term", style="model", ax=axes[0])
     axes[0].set(yscale="log", ylabel="loss (normalised features)", title="Training loss")
+    axes[0].legend(fontsize=8, ncol=2)
     perplexity = frame[frame["perplexity"].notna()].drop_duplicates(["model", "step"])
     sns.lineplot(data=perplexity, x="step", y="perplexity", ax=axes[1])
     axes[1].set(ylabel="code perplexity per batch", title="VQ-VAE codebook use")
