@@ -48,6 +48,7 @@ from toau.channel.link import (
     tcp_overhead_bytes,
 )
 from toau.cloud.server import ServerProcess
+from toau.config import data_root
 from toau.cloud.service import RANDOM_TOKENIZER, load_motion_tokenizer
 from toau.edge.client import send_packet, server_compute_ms
 from toau.provenance import provenance
@@ -57,7 +58,6 @@ log = logging.getLogger("bench_latency")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = ROOT / "results" / "latency_motion.json"
 RESULTS_CSV = ROOT / "results" / "latency_motion.csv"
-VIDEO_ROOT = ROOT.parent / "shared" / "data" / "videos"
 DEFAULT_VIDEOS = [f"pose2sim/cam0{camera}.mp4" for camera in range(1, 5)] + ["sports2d/demo.mp4"]
 QUESTION = "What is the person doing?"
 CALIBRATION_BYTES = (1_000, 10_000, 100_000)
@@ -208,7 +208,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bandwidths", type=float, nargs="+", default=list(DEFAULT_BANDWIDTHS_KBPS),
                         help="uplink bandwidths in KB/s, KB = 1000 bytes (default: 50 100 200 500 1000)")
     parser.add_argument("--videos", nargs="+", default=None,
-                        help="video files (default: the Pose2Sim cameras and the Sports2D demo in the shared data)")
+                        help="video files (default: the Pose2Sim cameras and the Sports2D demo under $TOAU_DATA_ROOT/videos)")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer folder, or 'random' for an untrained one of the params.yaml architecture "
                         "(default: build/tokenizer if it exists, else random)")
@@ -229,7 +229,7 @@ def main() -> int:
     args = parse_args()
     if args.tokenizer is None:
         args.tokenizer = "build/tokenizer" if (ROOT / "build" / "tokenizer" / "model.safetensors").is_file() else RANDOM_TOKENIZER
-    videos = [Path(video) for video in args.videos] if args.videos else [VIDEO_ROOT / name for name in DEFAULT_VIDEOS]
+    videos = [Path(video) for video in args.videos] if args.videos else [data_root() / "videos" / name for name in DEFAULT_VIDEOS]
 
     # The edge builds the same tokenizer as the server: an equal seed gives an equal codebook hash.
     tokenizer = load_motion_tokenizer(args.tokenizer, seed=args.seed)
