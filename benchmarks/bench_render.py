@@ -50,7 +50,7 @@ CLIPS = (
 SPEED_CLIP = "dataset-1_walk_angry_001"
 
 
-REPEATS = 3  # speed runs; the fastest counts, as other processes can only slow a run down
+REPEATS = 3  # speed runs. The fastest counts, because other processes can only slow a run down.
 
 
 def encode_blank(frames: int, config: render.RenderConfig, path: Path) -> None:
