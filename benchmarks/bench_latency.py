@@ -73,6 +73,7 @@ def edge_runs(videos: list[Path], tokenizer, threads: int) -> list[dict]:
     from toau.pose.base import PoseQualityError
 
     torch.set_num_threads(threads)
+    video_root = data_root() / "videos"
     runs = []
     for video in videos:
         try:
@@ -84,7 +85,7 @@ def edge_runs(videos: list[Path], tokenizer, threads: int) -> list[dict]:
         if streaming.packet != offline.packet:
             log.warning("%s: the streaming packet differs from the offline one", video)
         runs.append({
-            "video": str(video.relative_to(VIDEO_ROOT)) if video.is_relative_to(VIDEO_ROOT) else str(video),
+            "video": str(video.relative_to(video_root)) if video.is_relative_to(video_root) else str(video),
             "packet": offline.packet,
             "offline": offline.summary(),
             "stream": streaming.summary(),
