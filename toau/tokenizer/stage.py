@@ -46,6 +46,7 @@ BOUND_FOLDER = "autoencoder"
 TIMING_FILE = "timing.json"
 # Training settings that change no weight, so they stay out of the run key.
 BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints", "progress")
+# NOTE: other code, such as the torch version, is not in the run key; delete runs_dir after changing it.
 TRAINING_SOURCES = (vqvae_module, quantizer_module, train_module, checkpoint_module)
 # Targets on the test split that this project set for the tokenizer. They are reported, not enforced.
 TARGET_MPJPE_MM = 40.0
