@@ -67,7 +67,7 @@ from toau.cloud.llm import load_backbone, sha256_file
 from toau.cloud.model import MotionLanguageModel, Sample
 from toau.cloud.projector import WEIGHTS_FILE, load_projector
 from toau.cloud.stage import (
-    CUSTOM_LLM, decoded_features, load_cloud_record, motion_name, normalise, score_choices_cached, stage_losses,
+    CUSTOM_LLM, decoded_features, load_cloud_record, motion_name, normalise, score_choices_cached,
 )
 from toau.cloud.train import train_projector
 from toau.data.prepared import PreparedData
@@ -654,13 +654,15 @@ def plot_rate_accuracy(video_rows: Sequence[dict], packet_rows: Sequence[dict], 
     from matplotlib.figure import Figure  # no pyplot, so a notebook's plotting backend stays as it is
 
     frame = pd.DataFrame(video_rows).sort_values(["codec", "width", "kb_per_clip"])
+    sizes = frame.sort_values("width", ascending=False)["resolution"].unique()
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    sns.lineplot(data=frame, x="kb_per_clip", y="acc_overall", hue="codec", style="resolution", markers=True,
-                 estimator=None, ax=ax)
+    sns.lineplot(data=frame, x="kb_per_clip", y="acc_overall", hue="codec", style="resolution", style_order=sizes,
+                 markers=True, estimator=None, ax=ax)
     for row, colour in zip(packet_rows, ("black", "dimgray", "gray")):
+        source = row["method"].removeprefix("packets-")
         ax.scatter(row["kb_per_clip"], row["acc_overall"], marker="*", s=220, color=colour, zorder=5,
-                   label=f"packets: {row['method']}")
+                   label=f"motion packets ({source})")
     chance = (video_rows or packet_rows)[0]["chance"]
     ax.axhline(chance, color="black", linestyle=":", linewidth=1, label=f"chance ({chance:.2f})")
     ax.set_xscale("log")
@@ -848,7 +850,7 @@ def run_ablation(
         "setting": asdict(setting),
         "train_clips": clips,
         "samples": len(samples),
-        "training": {"steps": len(history), "seconds_this_run": seconds, "losses": stage_losses(history)},
+        "training": {"steps": len(history), "seconds_this_run": seconds, "loss": [entry["loss"] for entry in history]},
         "rows": rows,
     }
 
