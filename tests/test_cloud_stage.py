@@ -33,6 +33,7 @@ from toau.cloud.stage import (
     run_benchmark_stage,
     run_projector_stage,
     score_choices_cached,
+    shuffled_partners,
 )
 from toau.cloud.train import HISTORY_FILE
 from toau.data.prepared import PreparedData
@@ -275,11 +276,33 @@ def test_no_motion_prompt_has_no_motion_tokens(prepared_small, tokenizer_dir):
     model = tiny_model()
     prepared = PreparedData(prepared_small)
     question = build_benchmark(prepared, "test", seed=0, per_category=1)[0]
-    motion = question_motions(question, prepared, load_tokenizer(tokenizer_dir))["no_motion"]
+    motion = question_motions(question, question, prepared, load_tokenizer(tokenizer_dir))["no_motion"]
     ids = model.encode(question.question, model.projector(torch.from_numpy(motion)).shape[0]).ids
     assert motion.shape == (0, FEATURE_DIM)
     assert ids.count(model.motion_id) == 0
     assert prompt_tokens(model, question.question, 0)[0] == 0
+
+
+def test_shuffled_partners_same_category(prepared_small):
+    questions = build_benchmark(PreparedData(prepared_small), "test", seed=0)
+    partners = shuffled_partners(questions, seed=0)
+    counts = Counter(q.category for q in questions)
+    for index, partner in enumerate(partners):
+        assert questions[partner].category == questions[index].category, index
+        if counts[questions[index].category] > 1:
+            assert partner != index, index
+    assert sorted(partners) == list(range(len(questions)))
+
+
+def test_shuffled_motion_is_partners(prepared_small, tokenizer_dir):
+    from toau.channel.codec import load_tokenizer
+
+    prepared = PreparedData(prepared_small)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    first, second = build_benchmark(prepared, "test", seed=0, categories=["event"])[:2]
+    motions = question_motions(first, second, prepared, tokenizer)
+    partner = question_motions(second, second, prepared, tokenizer)
+    assert np.array_equal(motions["shuffled"], partner["packet"])
 
 
 # ---------------------------------------------------------------- benchmark stage

@@ -13,6 +13,8 @@ one. The stage writes
 `run_benchmark_stage` answers the multiple-choice questions of one split by log-likelihood with
   packet       indices -> packet bytes -> decoded features -> projector -> LLM (the system)
   continuous   the original features without quantisation, same projector (an upper bound)
+  shuffled     the packet path with the motion of another question of the same category, so the
+               trained projector's answer priors stay but the question's own motion is gone
   no_motion    the question alone, with no motion tokens
   chance       a seeded uniform random choice
 and writes results_dir/benchmark_motion.{json,csv,md} and figures/benchmark_accuracy.png.
@@ -61,8 +63,8 @@ BENCHMARK_STEM = "benchmark_motion"
 BENCHMARK_FIGURE = Path("figures") / "benchmark_accuracy.png"
 CUSTOM_LLM = "custom"  # the LLM name recorded when the caller passes a loaded backbone
 
-METHODS = ("packet", "continuous", "no_motion", "chance")
-MOTION_METHODS = ("packet", "continuous", "no_motion")
+METHODS = ("packet", "continuous", "shuffled", "no_motion", "chance")
+MOTION_METHODS = ("packet", "continuous", "shuffled", "no_motion")
 BYTES_PER_KB = 1000
 LOSS_WINDOW = 20  # steps averaged for the first and last loss of a training stage
 
@@ -480,28 +482,53 @@ def packet_sizes_kb(tokenizer: Tokenizer, prepared: PreparedData, split: str) ->
     }
 
 
-def question_motions(question: Question, prepared: PreparedData, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
-    """Return the normalised motion (T, 263) that each method in MOTION_METHODS gives the model."""
+def shuffled_partners(questions: Sequence[Question], seed: int) -> list[int]:
+    """Pair each question with another of its category: a seeded random cycle through each category.
+
+    A category with a single question is paired with itself.
+    """
+    rng = np.random.default_rng([seed, 1])
+    partners = list(range(len(questions)))
+    categories = dict.fromkeys(q.category for q in questions)
+    for category in categories:
+        members = [i for i, q in enumerate(questions) if q.category == category]
+        cycle = [members[i] for i in rng.permutation(len(members))]
+        for position, index in enumerate(cycle):
+            partners[index] = cycle[(position + 1) % len(cycle)]
+    return partners
+
+
+def question_motions(
+    question: Question, partner: Question, prepared: PreparedData, tokenizer: Tokenizer
+) -> dict[str, np.ndarray]:
+    """Return the normalised motion (T, 263) that each method in MOTION_METHODS gives the model.
+
+    partner: the question whose packet-path motion the `shuffled` method reads.
+    """
     features = question_features(question, prepared)
     decoded, _ = packet_features(tokenizer, features)
+    shuffled, _ = packet_features(tokenizer, question_features(partner, prepared))
     return {
         "packet": decoded,
         "continuous": normalise(features, tokenizer),
+        "shuffled": shuffled,
         "no_motion": np.zeros((0, FEATURE_DIM), dtype=np.float32),
     }
 
 
 def evaluate_questions(
-    model: MotionLanguageModel, questions: Sequence[Question], prepared: PreparedData, tokenizer: Tokenizer
+    model: MotionLanguageModel, questions: Sequence[Question], prepared: PreparedData, tokenizer: Tokenizer,
+    seed: int = 0,
 ) -> dict[str, dict]:
-    """Score every question with each method in MOTION_METHODS.
+    """Score every question with each method in MOTION_METHODS (seed: the shuffled pairing).
 
     Returns {method: {"predictions": [choice index], "motion_tokens": [...], "text_tokens": [...]}}.
     """
     model.eval()
+    partners = shuffled_partners(questions, seed)
     records = {method: {"predictions": [], "motion_tokens": [], "text_tokens": []} for method in MOTION_METHODS}
-    for question in tqdm(questions, desc="benchmark questions"):
-        for method, motion in question_motions(question, prepared, tokenizer).items():
+    for question, partner in zip(tqdm(questions, desc="benchmark questions"), partners):
+        for method, motion in question_motions(question, questions[partner], prepared, tokenizer).items():
             scores = score_choices_cached(model, motion, question.question, question.choices)
             motion_tokens, text_tokens = prompt_tokens(model, question.question, len(motion))
             records[method]["predictions"].append(int(np.argmax(scores)))
@@ -547,7 +574,7 @@ def method_rows(method: str, result: dict, record: dict | None, questions: Seque
 
 def method_sizes(method: str, packets: dict, continuous_kb: float) -> dict:
     """Return the KB per clip that a method sends: packets, float32 features, or nothing."""
-    if method == "packet":
+    if method in ("packet", "shuffled"):
         return {"kb_fixed": packets["kb_fixed"], "kb_entropy": packets["kb_entropy"]}
     if method == "continuous":
         return {"kb_fixed": continuous_kb, "kb_entropy": None}
@@ -663,7 +690,7 @@ def run_benchmark_stage(
 
     questions = build_benchmark(prepared, split=params["split"], seed=params["seed"], per_category=params["per_category"])
     started = time.perf_counter()
-    records = evaluate_questions(model, questions, prepared, tokenizer)
+    records = evaluate_questions(model, questions, prepared, tokenizer, seed=params["seed"])
     seconds = time.perf_counter() - started
     predictions = {method: records[method]["predictions"] for method in MOTION_METHODS}
     predictions["chance"] = random_baseline(questions, seed=params["seed"])
