@@ -103,7 +103,7 @@ VIDEO_DEFAULTS = {
     "seed": 0,  # question building, as benchmark.seed, so the questions are the benchmark's
     "clips": 8,  # single clips picked across contents; a list names them; None takes every clip
     "pairs": 2,  # order-question pairs; None takes every one
-    "max_clip_frames": 160,  # maximum clip length (joint frames at 20 fps) that the selection picks
+    "max_clip_frames": 100,  # maximum clip length (joint frames at 20 fps) that the selection picks
     "render": {},  # RenderConfig fields
     "grid": FULL_GRID,  # FULL_GRID, or {codec: {"sizes": [[w, h], ...], "crfs": [...]}}
     "upscale_side": pixel_module.UPSCALE_SIDE,
@@ -134,7 +134,8 @@ def video_params(params: dict) -> dict:
     unknown = sorted(set(params) - set(VIDEO_DEFAULTS))
     unknown += [f"ablation.{key}" for key in sorted(set(params.get("ablation", {})) - set(VIDEO_DEFAULTS["ablation"]))]
     if unknown:
-        raise ValueError(f"unknown keys {unknown} in the video parameters; known keys are {sorted(VIDEO_DEFAULTS)}")
+        raise ValueError(f"unknown keys {unknown} in the video parameters; known keys are {sorted(VIDEO_DEFAULTS)}, "
+                         f"and under ablation {sorted(VIDEO_DEFAULTS['ablation'])}")
     merged["ablation"] = {**VIDEO_DEFAULTS["ablation"], **params.get("ablation", {})}
     return merged
 
