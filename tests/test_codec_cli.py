@@ -156,3 +156,16 @@ def test_index_model_required(clips, features_file, tmp_path, capsys):
     code = run("encode", features_file, "-o", tmp_path / "c.toau", "--tokenizer", folder, "--entropy")
     assert code == EXIT_ERROR
     assert INDEX_MODEL_FILE in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_every_test_clip_round_trips(tokenizer_dir, prepared_small, entropy):
+    from toau.channel.codec import encode_motion, read_packet
+
+    tokenizer = load_tokenizer(tokenizer_dir, require_index_model=entropy)
+    test_clips = PreparedData(prepared_small).features("test")
+    assert len(test_clips) > 0
+    for features in test_clips:
+        expected = tokenizer.encode(features)
+        packet = read_packet(tokenizer, encode_motion(tokenizer, features, entropy=entropy))
+        assert np.array_equal(packet.indices, expected)
