@@ -1,8 +1,8 @@
 """The whole DVC pipeline on the smoke profile, in a copy of the repository.
 
-Checks that `dvc repro` runs every stage from nothing, that every declared output, metric and
-plot is written and non-empty, that metrics are finite, that a second `dvc repro` does nothing,
-and that changing one parameter reruns only the stages that depend on it.
+Checks that `dvc repro` runs every stage from nothing and writes every declared output, metric
+and plot, non-empty. Metrics must be finite. A second `dvc repro` must do nothing, and a changed
+parameter must rerun only the stages that depend on it.
 """
 
 import json

@@ -1,5 +1,9 @@
 """Tables I-III, Figures 3-4 and REPORT.md from the result files that the pipeline stages write.
 
+The tables and figures follow the TOAU paper (Liu, Yuan, He, Zhang, Shao, 2026), called "the
+paper" below: Table I on motion-capture motion, Table II on estimated motion, Table III the
+ablation, Figure 3 accuracy against size, Figure 4 latency against uplink bandwidth.
+
 Inputs (in `results_dir`): tokenizer_metrics.json, benchmark_motion.json, video_tables.json,
 ablation.json, video_latency_inputs.json, latency_motion.json, and the executed notebooks in
 notebooks/ (for each stage's wall-clock time). An optional `paper_numbers.csv` with columns
@@ -22,8 +26,8 @@ PAPER_FILE = "paper_numbers.csv"
 PAPER_COLUMNS = ("paper_overall", "paper_kb")
 KEY_COLUMNS = ("table", "method", "codec", "resolution", "crf")
 
-# The setting that stands for "video" in the headline ratios: H.264 at the paper's largest size
-# and the middle CRF of the default grid.
+# The setting that stands for "video" in the headline ratios: H.264 at the largest size of the
+# paper's grid (320x180) and the middle CRF of the default grid.
 REFERENCE_VIDEO = {"codec": "libx264", "resolution": "320x180", "crf": 33}
 
 
@@ -217,7 +221,9 @@ def headline_claims(video_tables: dict, latency_inputs: dict | None) -> dict:
 
 
 def _verdict(ok: bool | None) -> str:
-    return "holds" if ok else ("does not hold" if ok is not None else "not measured")
+    if ok is None:
+        return "not measured"
+    return "holds" if ok else "does not hold"
 
 
 def report_markdown(results_dir: Path, claims: dict, tables: dict[str, pd.DataFrame], durations: dict,
