@@ -38,6 +38,8 @@ def _read_json(path: Path) -> dict | None:
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1:
+        return str(int(value))
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -207,16 +209,21 @@ def headline_claims(video_tables: dict, latency_inputs: dict | None) -> dict:
         claims["accuracy_difference"] = packet["acc_overall"] - video["acc_overall"]
     if latency_inputs is not None and video is not None:
         frame = pd.DataFrame(latency_inputs["rows"])
-        motion = frame[frame["method"] == packet["method"]]
+        # CRF is a float column once packet rows (no CRF) share it, so compare numbers.
         reference = frame[(frame["method"] == "video") & (frame["codec"] == video["codec"])
                           & (frame["resolution"].astype(str) == str(video["resolution"]))
-                          & (frame["crf"].astype(str) == str(video["crf"]))]
-        shares = {}
-        for bandwidth in sorted(motion["bandwidth_kBps"].unique()):
-            ours = motion[motion["bandwidth_kBps"] == bandwidth]["total_ms"].mean()
-            theirs = reference[reference["bandwidth_kBps"] == bandwidth]["total_ms"].mean()
-            shares[f"{bandwidth:g}"] = ours / theirs if theirs else float("nan")
-        claims["latency_share"] = shares
+                          & (pd.to_numeric(frame["crf"], errors="coerce") == float(video["crf"]))]
+        # Two packet paths: from motion capture (edge = tokenizer only) and from video through the
+        # edge pipeline (edge = decode + pose + tokenizer), which is the paper's deployment.
+        claims["latency_share"] = {}
+        for method in [m for m in frame["method"].unique() if m != "video"]:
+            motion = frame[frame["method"] == method]
+            shares = {}
+            for bandwidth in sorted(motion["bandwidth_kBps"].unique()):
+                ours = motion[motion["bandwidth_kBps"] == bandwidth]["total_ms"].mean()
+                theirs = reference[reference["bandwidth_kBps"] == bandwidth]["total_ms"].mean()
+                shares[f"{bandwidth:g}"] = ours / theirs if theirs else float("nan")
+            claims["latency_share"][method] = shares
     return claims
 
 
@@ -254,11 +261,20 @@ def report_markdown(results_dir: Path, claims: dict, tables: dict[str, pd.DataFr
             f"{claims['best_video']['crf']}) reaches {claims['best_video']['acc_overall']:.3f}."
         )
     if "latency_share" in claims:
-        shares = claims["latency_share"]
-        values = ", ".join(f"{v:.0%} at {k} KB/s" for k, v in shares.items())
-        lines.append(f"- Latency about 20 % of the video pipeline's: {_verdict(all(v <= 0.3 for v in shares.values()))}. "
-                     f"Motion-packet latency relative to {REFERENCE_VIDEO['codec']} {REFERENCE_VIDEO['resolution']} "
-                     f"CRF {REFERENCE_VIDEO['crf']}: {values} (analytic transfer; edge, cloud measured).")
+        # The verdict uses packets made from video on the edge (pose estimation included) where
+        # they were measured, since that is what an edge camera runs.
+        all_shares = claims["latency_share"]
+        deciding = next((m for m in all_shares if "estimated" in m), next(iter(all_shares), None))
+        if deciding is not None:
+            ok = all(v <= 0.3 for v in all_shares[deciding].values())
+            parts = []
+            for method, shares in all_shares.items():
+                values = ", ".join(f"{v:.0%} at {k} KB/s" for k, v in shares.items())
+                parts.append(f"{method}: {values}")
+            lines.append(f"- Latency about 20 % of the video pipeline's: {_verdict(ok)} (judged on {deciding}). "
+                         f"Latency relative to {REFERENCE_VIDEO['codec']} {REFERENCE_VIDEO['resolution']} CRF "
+                         f"{REFERENCE_VIDEO['crf']}, analytic transfer, measured edge and cloud compute; "
+                         + "; ".join(parts) + ".")
     lines.append("")
     lines.append("Video accuracy comes from the pixel pipeline (decode, MediaPipe pose, the same motion model), "
                  "not from a vision-language model, because no VLM weights can be had offline; the visual-token "
@@ -287,7 +303,11 @@ def report_markdown(results_dir: Path, claims: dict, tables: dict[str, pd.DataFr
     if link:
         lines += ["## Measured link", "", f"- {json.dumps(link.get('link', {}))}", ""]
     if durations:
-        lines += ["## Stage wall-clock times", "", "| stage | seconds |", "|---|---:|"]
+        lines += ["## Stage wall-clock times", "",
+                  "Times of the latest execution of each stage notebook. A stage whose training run was "
+                  "already in its cache (cache/tokenizer_runs, cache/cloud/runs, build/video) only reloads "
+                  "it, so these can be far below the time of a first run.", "",
+                  "| stage | seconds |", "|---|---:|"]
         lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in durations.items()]
         lines += [f"| total | {sum(durations.values()):.0f} |", ""]
     if not (results_dir / PAPER_FILE).is_file():
