@@ -4,8 +4,19 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from toau.config import DATA_ROOT_ENV, data_root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run torch on one thread: OpenMP threads spin-wait when other processes share the cores, and
+    two threads measured 4-7x slower than one on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -20,15 +20,6 @@ def smollm2():
     return llm.load_backbone(llm.SMOLLM2)
 
 
-@pytest.fixture
-def one_thread():
-    """Run SmolLM2 on one thread: on a loaded shared machine two threads measured 4-7x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------- motion tokens
 
 

@@ -21,15 +21,6 @@ from toau.cloud.projector import (
 QUESTIONS = ["what is the person doing?", "does the person jump?", "turns left"]
 
 
-@pytest.fixture
-def one_thread():
-    """Run SmolLM2 on one thread: on a loaded shared machine two threads measured 4-7x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(tokens_per="frame", max_length=None, seed=0):
     tokenizer = llm.tiny_tokenizer()
     backbone = llm.tiny_llama(tokenizer, seed=seed)

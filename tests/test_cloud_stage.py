@@ -40,6 +40,7 @@ from toau.data.prepared import PreparedData
 from toau.motion.humanml3d import FEATURE_DIM
 from toau.tokenizer.stage import write_tokenizer
 from toau.tokenizer.vqvae import VQVAE, VQVAEConfig
+from helpers import numbers
 
 CLOUD_PARAMS = {
     "llm": "unused: the tests pass a tiny backbone",
@@ -49,13 +50,6 @@ CLOUD_PARAMS = {
     "train": {"lr": 1e-2, "batch_size": 2, "checkpoint_every": 1, "seed": 0},
 }
 BENCHMARK_PARAMS = {"split": "test", "seed": 0, "per_category": 3, "examples": 2, "max_new_tokens": 4}
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_tokenizer(folder, prepared_dir, seed):
@@ -97,18 +91,6 @@ def stages(prepared_small, tokenizer_dir, tmp_path_factory):
         prepared_small, tokenizer_dir, folders["cloud"], BENCHMARK_PARAMS, folders["results"], backbone=make_backbone()
     )
     return {"metrics": metrics, "result": result, **folders}
-
-
-def numbers(value):
-    """Yield every number inside nested dicts and lists."""
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from numbers(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from numbers(item)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield value
 
 
 # ---------------------------------------------------------------- projector stage

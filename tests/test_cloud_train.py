@@ -14,15 +14,6 @@ from toau.cloud.train import CHECKPOINT_DIR, HISTORY_FILE, TrainParams, batch_in
 PARAMS = TrainParams(lr=1e-2, batch_size=2, checkpoint_every=2, seed=3)
 
 
-@pytest.fixture
-def one_thread():
-    """Run SmolLM2 on one thread: on a loaded shared machine two threads measured 4-7x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model():
     tokenizer = llm.tiny_tokenizer()
     backbone = llm.tiny_llama(tokenizer)

@@ -20,14 +20,6 @@ from toau.tokenizer.vqvae import VQVAE, VQVAEConfig
 TINY = VQVAEConfig(width=16, depth=1)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clips(prepared_small) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Raw features (T, 263) of the prepared train split, with its mean and std."""

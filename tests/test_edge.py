@@ -47,15 +47,6 @@ TINY = VQVAEConfig(width=16)
 TRAINED_TOKENIZER = PROJECT_ROOT / "build" / "tokenizer"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Two torch threads on the 2 shared CPU cores made one encoder call 200 ms instead of 1-5 ms.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ReplayEstimator(PoseEstimator):
     """Return the poses of a recorded track for frames at its timestamps."""
 

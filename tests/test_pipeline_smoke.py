@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import numbers
 from toau.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -48,16 +49,6 @@ def _declared_files(project: Path) -> tuple[list[Path], list[Path]]:
     return files, metrics
 
 
-def _finite_numbers(value) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite_numbers(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite_numbers(v) for v in value)
-    return True
-
-
 @pytest.fixture(scope="module")
 def smoke_project(data_dir, tmp_path_factory) -> Path:
     """A copy of the tracked files with the smoke profile as params.yaml, and a fresh `dvc repro`."""
@@ -88,7 +79,8 @@ def test_every_output_written(smoke_project):
 def test_metrics_are_finite(smoke_project):
     _, metrics = _declared_files(smoke_project)
     for path in metrics:
-        assert _finite_numbers(json.loads(path.read_text()).get("rows", [])), path.name
+        values = list(numbers(json.loads(path.read_text()).get("rows", [])))
+        assert all(math.isfinite(value) for value in values), path.name
 
 
 def test_report_has_tables(smoke_project):

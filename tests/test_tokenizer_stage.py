@@ -20,6 +20,7 @@ from toau.tokenizer.stage import (
 )
 from toau.tokenizer.train import TrainParams
 from toau.tokenizer.vqvae import VQVAEConfig
+from helpers import numbers
 
 TINY_PARAMS = {
     "threads": 1,
@@ -33,31 +34,12 @@ TINY_PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def stage(prepared_small, tmp_path_factory):
     """Run the stage once; return (metrics, out_dir, results_dir, runs_dir)."""
     root = tmp_path_factory.mktemp("stage")
     metrics = run_tokenizer_stage(prepared_small, TINY_PARAMS, root / "tok", root / "results", root / "runs")
     return metrics, root / "tok", root / "results", root / "runs"
-
-
-def numbers(value):
-    """Yield every number inside nested dicts and lists."""
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from numbers(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from numbers(item)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield value
 
 
 def test_result_files_written(stage):

@@ -33,15 +33,6 @@ QUICK = TrainParams(
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # OpenMP threads spin-wait when other processes share the cores; one thread keeps tests fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def clips() -> list[np.ndarray]:
     """Smooth random walks (T, 263) of several lengths, one shorter than the QUICK window."""

@@ -27,6 +27,7 @@ from toau.data.prepared import PreparedData
 from toau.pose.base import get_estimator
 from toau.tokenizer.stage import write_tokenizer
 from toau.tokenizer.vqvae import VQVAE, VQVAEConfig
+from helpers import numbers
 
 CRFS = (23, 40)
 PARAMS = {
@@ -43,13 +44,6 @@ PARAMS = {
     },
 }
 TINY_WIDTH = 32  # d_model of llm.tiny_llama
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_backbone():
@@ -91,18 +85,6 @@ def stage(prepared_small, folders, estimator):
         backbone=make_backbone(), estimator=estimator,
     )
     return {"result": result, "results": root / "results", "work": root / "work"}
-
-
-def numbers(value):
-    """Yield every number inside nested dicts and lists."""
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from numbers(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from numbers(item)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield value
 
 
 def read_csv(path):

@@ -9,15 +9,6 @@ from toau.tokenizer.vqvae import VQVAE, VQVAEConfig
 TINY = VQVAEConfig(width=16, nb_code=32, depth=2)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # OpenMP threads spin-wait when other processes share the cores; one thread keeps tests fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def trained_tiny() -> VQVAE:
     """A tiny model after one training-mode pass, so its codebook comes from real encoder outputs."""
