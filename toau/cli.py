@@ -16,6 +16,14 @@ EXIT_ERROR = 2
 EXIT_CODEBOOK_MISMATCH = 3  # the packet was made with another tokenizer than the one loaded
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (threads, clips)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return value
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from toau.data.prepare import format_summary, prepare_bandai
 
@@ -114,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="folder holding SMPL_{NEUTRAL,MALE,FEMALE}.pkl for amass (default: data.smpl_model_dir)")
     prepare.add_argument("--gender", choices=["neutral", "male", "female"], default=None,
                          help="SMPL model gender for amass (default: each clip's own)")
-    prepare.add_argument("--max-clips", type=int, default=None, help="keep an evenly spaced subset of this many clips")
-    prepare.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count, at most 4)")
+    prepare.add_argument("--max-clips", type=positive_int, default=None, help="keep an evenly spaced subset of this many clips")
+    prepare.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU count, at most 4)")
     prepare.add_argument("--json", action="store_true", help="also print the summary as JSON")
     prepare.set_defaults(handler=_prepare)
 

@@ -9,6 +9,8 @@ import json
 import logging
 import sys
 
+from toau.cli import positive_int
+
 # Heavy modules (torch, FastAPI) are imported inside the handlers, so `toau --help` stays fast.
 DEFAULT_HOST = "127.0.0.1"  # loopback: the service is reachable from this machine only
 DEFAULT_PORT = 8000
@@ -122,7 +124,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help=f"tokenizer folder for video input (default: {DEFAULT_TOKENIZER})")
     send.add_argument("--stream", action="store_true",
                       help="for video input, feed the frames one at a time through the streaming edge pipeline")
-    send.add_argument("--threads", type=int, default=1,
+    send.add_argument("--threads", type=positive_int, default=1,
                       help="torch CPU threads of the edge tokenizer for video input (default: 1)")
     send.add_argument("--timeout", type=float, default=120.0, help="client timeout in seconds (default: 120)")
     send.add_argument("--json", action="store_true", help="print the whole response and timings as JSON")

@@ -12,6 +12,7 @@ whose decoding steps are mostly Python, requests waited outside the handler for 
 their latency under load (benchmarks/load_test.py); with SmolLM2 that wait was about 0.3 %.
 """
 
+import json
 import logging
 import os
 import queue
@@ -20,6 +21,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -175,6 +177,24 @@ def load_motion_tokenizer(source: str | os.PathLike, seed: int = 0) -> Tokenizer
     return load_tokenizer(source)
 
 
+def check_projector_codebook(projector: str | os.PathLike, tokenizer: Tokenizer) -> None:
+    """Raise when the projector folder records a codebook other than the tokenizer's.
+
+    The projector stage writes cloud.json with the codebook hash of the motion it was trained on;
+    a folder without that file (a projector saved by hand) is accepted as it is.
+    """
+    record_path = Path(projector) / "cloud.json"
+    if not record_path.is_file():
+        return
+    trained_on = json.loads(record_path.read_text()).get("codebook_hash")
+    if trained_on is not None and trained_on != tokenizer.hash.hex():
+        raise ValueError(
+            f"the projector in {projector} was trained on motion decoded by codebook {trained_on}, but the "
+            f"tokenizer has codebook {tokenizer.hash.hex()}; pass the tokenizer it was trained with or rerun "
+            f"`dvc repro projector`"
+        )
+
+
 def load_bundle(
     tokenizer: str | os.PathLike = RANDOM_TOKENIZER,
     projector: str | os.PathLike | None = None,
@@ -207,6 +227,7 @@ def load_bundle(
         config = ProjectorConfig(width, tokens_per, frames_per_index=motion_tokenizer.frames_per_index)
         motion_projector = MotionProjector(config)
     else:
+        check_projector_codebook(projector, motion_tokenizer)
         motion_projector = load_projector(projector)
     model = MotionLanguageModel(backbone, text_tokenizer, motion_projector)
     return ModelBundle(motion_tokenizer, model, f"{TINY}-llama" if llm_name == TINY else str(llm_name))

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from toau.cli import positive_int
+
 # The folder that the tokenizer stage writes; `toau encode` uses the same default.
 DEFAULT_TOKENIZER = "build/tokenizer"
 # torch threads for the VQ-VAE encoder. The encoder is small: with 2 threads on 2 shared
@@ -28,7 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     edge.add_argument("--max-side", type=int, default=None,
                       help="downscale decoded frames to this longer side in pixels (default: full size)")
     edge.add_argument("--estimator", default=None, help="registered pose estimator name (default: mediapipe)")
-    edge.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+    edge.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                       help=f"torch CPU threads for the tokenizer (default: {DEFAULT_THREADS})")
     edge.add_argument("--json", action="store_true", help="print the result summary as JSON instead of a table")
     edge.set_defaults(handler=run_command)
@@ -49,6 +51,11 @@ def run_command(args: argparse.Namespace) -> int:
     import torch
 
     from toau.edge.pipeline import run_edge, stream_video
+
+    # Check every output folder first, so that a typo does not cost a whole pipeline run.
+    for option, path in (("-o", args.output), ("--save-joints", args.save_joints), ("--preview", args.preview)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise FileNotFoundError(f"{option}: folder {Path(path).resolve().parent} for {path} does not exist; create it first")
 
     torch.set_num_threads(args.threads)
     params = _params(args)
