@@ -107,8 +107,9 @@ def plot_figure3(video_tables: dict, path: Path) -> None:
     packets = pd.DataFrame([r for r in video_tables["rows"] if r["method"] != "video"])
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    sns.lineplot(data=video, x="kb_per_clip", y="acc_overall", hue="codec", marker="o", estimator=None,
-                 sort=True, ax=ax)
+    # One line per codec and resolution, through its CRF points; colour is the codec.
+    sns.lineplot(data=video, x="kb_per_clip", y="acc_overall", hue="codec", style="resolution", markers=True,
+                 dashes=False, estimator=None, sort=True, ax=ax)
     for table, marker in (("I", "*"), ("II", "P")):
         picked = packets[packets["table"] == table]
         ax.scatter(picked["kb_per_clip"], picked["acc_overall"], marker=marker, s=160, color="black", zorder=5,
