@@ -63,7 +63,13 @@ def _send(args: argparse.Namespace) -> int:
             stream=args.stream, timeout_s=args.timeout,
         )
     except ServiceRejected as error:
-        print(f"toau send: the server rejected the request {error.request_id}: {error}", file=sys.stderr)
+        request = f" {error.request_id}" if error.request_id else ""
+        hint = "; --url takes the server's base address, e.g. http://127.0.0.1:8000" if error.status == 404 else ""
+        print(f"toau send: the server rejected the request{request}: {error}{hint}", file=sys.stderr)
+        return EXIT_REJECTED
+    except httpx.TimeoutException as error:
+        print(f"toau send: no reply from {args.url} within --timeout {args.timeout} s ({error}); "
+              f"the server may be busy, so raise --timeout", file=sys.stderr)
         return EXIT_REJECTED
     except httpx.TransportError as error:
         print(f"toau send: could not reach {args.url} ({error}); is `toau serve` running?", file=sys.stderr)
