@@ -63,11 +63,11 @@ from toau.bench.questions import CATEGORIES, Question, build_benchmark, concaten
 from toau.bench.scoring import score
 from toau.channel.codec import Tokenizer, decode_motion, load_tokenizer, packet_bytes
 from toau.channel.link import DEFAULT_BANDWIDTHS_KBPS, latency_breakdown, tcp_overhead_bytes
-from toau.cloud.llm import load_backbone, sha256_file
+from toau.cloud.llm import sha256_file
 from toau.cloud.model import MotionLanguageModel, Sample
 from toau.cloud.projector import WEIGHTS_FILE, load_projector
 from toau.cloud.stage import (
-    CUSTOM_LLM, decoded_features, load_cloud_record, motion_name, normalise, score_choices_cached,
+    decoded_features, load_trained_model, motion_name, normalise, score_choices_cached,
 )
 from toau.cloud.train import train_projector
 from toau.data.prepared import PreparedData
@@ -701,17 +701,6 @@ def ablation_rows(rows: dict[str, tuple[dict, Sequence[Question]]]) -> list[dict
 # ---------------------------------------------------------------- stage
 
 
-def _load_model(cloud_dir: Path, tokenizer: Tokenizer, backbone: tuple | None) -> tuple[MotionLanguageModel, str]:
-    cloud = load_cloud_record(cloud_dir, tokenizer)
-    if backbone is None:
-        llm, text_tokenizer = load_backbone(cloud["llm"])
-        name = cloud["llm"]
-    else:
-        llm, text_tokenizer = backbone
-        name = CUSTOM_LLM
-    return MotionLanguageModel(llm, text_tokenizer, load_projector(cloud_dir)).eval(), name
-
-
 def make_estimator(config: RenderConfig) -> PoseEstimator:
     """MediaPipe with the renderer's focal length, so its root-translation fit uses the rendering camera."""
     return get_estimator("mediapipe", model_complexity=1, focal_length_ratio=config.focal_length_ratio)
@@ -744,7 +733,7 @@ def run_video_stage(
 
     prepared = PreparedData(prepared_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
-    model, llm_name = _load_model(cloud_dir, tokenizer, backbone)
+    model, llm_name, _ = load_trained_model(Path(cloud_dir), tokenizer, backbone)
     projector_sha = sha256_file(cloud_dir / WEIGHTS_FILE)
     model_key = digest(projector_sha, llm_name, tokenizer.hash.hex())
     video_key = digest(model_key, params["requantize"])

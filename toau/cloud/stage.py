@@ -205,6 +205,15 @@ def keep_trainable(
 # ---------------------------------------------------------------- model
 
 
+
+def resolve_backbone(llm_name: str, backbone: tuple | None) -> tuple:
+    """Return (LLM, text tokenizer, recorded name): `backbone` if given, else the LLM named `llm_name`."""
+    if backbone is None:
+        llm, text_tokenizer = load_backbone(llm_name)
+        return llm, text_tokenizer, llm_name
+    llm, text_tokenizer = backbone
+    return llm, text_tokenizer, CUSTOM_LLM
+
 def build_model(
     params: dict, backbone: tuple | None = None
 ) -> tuple[MotionLanguageModel, str]:
@@ -212,12 +221,7 @@ def build_model(
 
     backbone: (model, tokenizer) with the motion tokens added, used in place of `params["llm"]`.
     """
-    if backbone is None:
-        llm, text_tokenizer = load_backbone(params["llm"])
-        name = params["llm"]
-    else:
-        llm, text_tokenizer = backbone
-        name = CUSTOM_LLM
+    llm, text_tokenizer, name = resolve_backbone(params["llm"], backbone)
     width = llm.get_input_embeddings().weight.shape[1]
     config = ProjectorConfig(width, params["tokens_per"], hidden_size=params["projector_hidden"])
     torch.manual_seed(int(params["train"].get("seed", 0)))
@@ -657,6 +661,15 @@ def load_cloud_record(cloud_dir: Path, tokenizer: Tokenizer) -> dict:
     return record
 
 
+def load_trained_model(
+    cloud_dir: Path, tokenizer: Tokenizer, backbone: tuple | None = None,
+) -> tuple[MotionLanguageModel, str, dict]:
+    """Load the projector stage's model for this tokenizer: (model in eval mode, LLM name, cloud.json record)."""
+    cloud = load_cloud_record(cloud_dir, tokenizer)
+    llm, text_tokenizer, llm_name = resolve_backbone(cloud["llm"], backbone)
+    return MotionLanguageModel(llm, text_tokenizer, load_projector(cloud_dir)).eval(), llm_name, cloud
+
+
 def run_benchmark_stage(
     prepared_dir: str | os.PathLike,
     tokenizer_dir: str | os.PathLike,
@@ -679,14 +692,7 @@ def run_benchmark_stage(
     prepared = PreparedData(prepared_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     _check_statistics(tokenizer, prepared)
-    cloud = load_cloud_record(cloud_dir, tokenizer)
-    if backbone is None:
-        llm, text_tokenizer = load_backbone(cloud["llm"])
-        llm_name = cloud["llm"]
-    else:
-        llm, text_tokenizer = backbone
-        llm_name = CUSTOM_LLM
-    model = MotionLanguageModel(llm, text_tokenizer, load_projector(cloud_dir)).eval()
+    model, llm_name, cloud = load_trained_model(cloud_dir, tokenizer, backbone)
 
     questions = build_benchmark(prepared, split=params["split"], seed=params["seed"], per_category=params["per_category"])
     started = time.perf_counter()
