@@ -36,7 +36,7 @@ def data_root(configured: str | os.PathLike | None = None) -> Path:
         root = PROJECT_ROOT / root
     if not root.is_dir():
         raise FileNotFoundError(
-            f"data root {root} not found; set {DATA_ROOT_ENV} to the folder that holds bandai/ "
+            f"data root {root} not found; set {DATA_ROOT_ENV} to the folder that contains bandai/ "
             f"(see README, 'Data')"
         )
     return root

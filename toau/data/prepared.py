@@ -80,5 +80,6 @@ class PreparedData:
         actual = stats_checksum(mean, std)
         if actual != expected:
             raise ValueError(f"Mean/Std in {self.folder} do not match stats.json (sha256 {actual} != {expected}); re-run prepare")
-        assert mean.shape == (FEATURE_DIM,) and std.shape == (FEATURE_DIM,), (mean.shape, std.shape)
+        if mean.shape != (FEATURE_DIM,) or std.shape != (FEATURE_DIM,):
+            raise ValueError(f"Mean/Std in {self.folder} have shapes {mean.shape}, {std.shape}; expected ({FEATURE_DIM},)")
         return mean, std

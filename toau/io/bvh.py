@@ -38,7 +38,7 @@ class BVHJoint:
 
 @dataclass
 class BVHMotion:
-    """A parsed BVH file. `values` (F, C) holds the raw channel values in file units and degrees."""
+    """A parsed BVH file. `values` (F, C) contains the raw channel values in file units and degrees."""
 
     joints: list[BVHJoint]
     values: np.ndarray
@@ -152,7 +152,7 @@ def parse_bvh(text: str, source: str = "<string>") -> BVHMotion:
     numbers = np.array(body.split(), dtype=np.float64)
     if numbers.size < frames * channel_count:
         raise BVHError(
-            f"{source}: header says {frames} frames x {channel_count} channels = {frames * channel_count} "
+            f"{source}: header declares {frames} frames x {channel_count} channels = {frames * channel_count} "
             f"values, file has {numbers.size}; the file may be truncated"
         )
     values = numbers[:frames * channel_count].reshape(frames, channel_count)

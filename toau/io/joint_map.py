@@ -97,7 +97,7 @@ class JointMap:
 
     @classmethod
     def get(cls, name_or_path: str | os.PathLike) -> "JointMap":
-        """A preset by name ("bandai", "cmu", "mixamo") or a YAML file path."""
+        """Load a preset by name ("bandai", "cmu", "mixamo") or a map from a YAML file path."""
         if str(name_or_path) in PRESETS:
             return cls(PRESETS[str(name_or_path)], name=str(name_or_path))
         if Path(name_or_path).is_file():
@@ -105,7 +105,7 @@ class JointMap:
         raise ValueError(f"unknown joint map {name_or_path!r}: use one of {sorted(PRESETS)} or a YAML file path")
 
     def matrix(self, source_names: Sequence[str]) -> np.ndarray:
-        """The (22, J) matrix that turns (F, J, 3) rig positions into (F, 22, 3) SMPL joints.
+        """Build the (22, J) matrix that turns (F, J, 3) rig positions into (F, 22, 3) SMPL joints.
 
         Names match exactly, or else after dropping a namespace prefix such as "mixamorig1:".
         """

@@ -71,7 +71,8 @@ def euler_to_matrix(angles: np.ndarray, order: str) -> np.ndarray:
 
     BVH channels apply in the order they are listed: R = R_first @ R_second @ R_third.
     """
-    assert len(order) == 3 and set(order) <= set("XYZ"), f"Euler order must be three of X, Y, Z, got {order!r}"
+    if len(order) != 3 or not set(order) <= set("XYZ"):
+        raise ValueError(f"Euler order must be three of X, Y, Z, got {order!r}")
     result = None
     for i, axis in enumerate(order):
         c, s = np.cos(angles[..., i]), np.sin(angles[..., i])
