@@ -32,7 +32,6 @@ from toau.cloud.stage import (
     question_motions,
     run_benchmark_stage,
     run_projector_stage,
-    score_choices_cached,
     shuffled_partners,
 )
 from toau.cloud.train import HISTORY_FILE
@@ -240,16 +239,16 @@ def test_cached_scores_match(tokens_per):
     model = tiny_model(tokens_per)
     motion = np.random.default_rng(0).standard_normal((13, FEATURE_DIM)).astype(np.float32)
     choices = ["yes", "they jump twice and wave with the right hand", "turns left", "no"]
-    expected = model.score_choices(motion, "what is the person doing?", choices)
-    actual = score_choices_cached(model, motion, "what is the person doing?", choices)
+    expected = model.score_choices_full(motion, "what is the person doing?", choices)
+    actual = model.score_choices(motion, "what is the person doing?", choices)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_cached_scores_without_motion():
     model = tiny_model()
     motion = np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    expected = model.score_choices(motion, "which way?", ["left", "right"])
-    np.testing.assert_allclose(score_choices_cached(model, motion, "which way?", ["left", "right"]), expected, atol=1e-4)
+    expected = model.score_choices_full(motion, "which way?", ["left", "right"])
+    np.testing.assert_allclose(model.score_choices(motion, "which way?", ["left", "right"]), expected, atol=1e-4)
 
 
 def test_no_motion_prompt_has_no_motion_tokens(prepared_small, tokenizer_dir):

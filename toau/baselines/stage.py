@@ -66,9 +66,7 @@ from toau.channel.link import DEFAULT_BANDWIDTHS_KBPS, latency_breakdown, tcp_ov
 from toau.cloud.llm import sha256_file
 from toau.cloud.model import MotionLanguageModel, Sample
 from toau.cloud.projector import WEIGHTS_FILE, load_projector
-from toau.cloud.stage import (
-    decoded_features, load_trained_model, motion_name, normalise, score_choices_cached,
-)
+from toau.cloud.stage import decoded_features, load_trained_model, motion_name, normalise
 from toau.cloud.train import train_projector
 from toau.data.prepared import PreparedData
 from toau.edge import pipeline as edge_module
@@ -479,7 +477,7 @@ def answer_questions(
             result["failed"] += 1
             continue
         started = time.perf_counter()
-        scores = score_choices_cached(model, motion, question.question, question.choices)
+        scores = model.score_choices(motion, question.question, question.choices)
         result["llm_ms"].append(1000.0 * (time.perf_counter() - started))
         result["predictions"].append(int(np.argmax(scores)))
         result["motion_tokens"].append(model.projector.num_tokens(len(motion)))

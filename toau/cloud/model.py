@@ -48,6 +48,12 @@ def left_pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, t
     return values, mask
 
 
+def right_pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad integer rows: values (B, L) and mask (B, L), the mirror of `left_pad`."""
+    flipped, mask = left_pad([list(reversed(row)) for row in rows], value)
+    return flipped.flip(1), mask.flip(1)
+
+
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Positions (B, L) that start at 0 on each row's first real token; padding gets 0."""
     return (mask.cumsum(dim=-1) - 1).clamp(min=0)
@@ -245,13 +251,56 @@ class MotionLanguageModel(nn.Module):
 
     @torch.no_grad()
     def score_choices(self, motion: np.ndarray | torch.Tensor, question: str, choices: Sequence[str]) -> np.ndarray:
-        """Return the log-likelihood (C,) of each choice as the answer, in one batch.
+        """Return the log-likelihood (C,) of each choice as the answer.
 
         Each score sums over the choice's tokens and the template's end-of-turn tokens, so a choice
-        that is a prefix of another is not favoured for being short.
+        that is a prefix of another is not favoured for being short. The shared prompt (motion and
+        question) runs through the LLM once with a KV cache, and the C answer turns then run as one
+        right-padded batch on C copies of that cache: C - 1 fewer passes over the prompt than
+        `score_choices_full`, with the same scores.
         """
         if not choices:
             raise ValueError("score_choices needs at least one choice")
+        motion_embeds = self.project(motion)
+        num_motion_tokens = motion_embeds.shape[0]
+        prompt = self.encode(question, num_motion_tokens).ids
+        answers = []
+        for choice in choices:
+            encoded = self.encode(question, num_motion_tokens, choice)
+            answers.append(encoded.ids[encoded.num_prompt_tokens :])
+            if not answers[-1]:
+                raise ValueError(f"choice {choice!r} has no answer token left within max_length={self.max_length}")
+
+        embeds, mask, positions = self.embed_batch([prompt], [motion_embeds])
+        prefill = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(prefill.logits[0, -1].float(), dim=-1)  # (V,) for every answer's first token
+
+        count, longest = len(answers), max(len(answer) for answer in answers)
+        ids, answer_mask = right_pad(answers, self.pad_id)  # (C, L) each
+        scores = first[ids[:, 0]]
+        if longest > 1:
+            cache = prefill.cache
+            cache.batch_repeat_interleave(count)
+            prompt_mask = torch.ones((count, len(prompt)), dtype=torch.long)
+            attention = torch.cat([prompt_mask, answer_mask[:, :-1]], dim=1).to(self.device)
+            answer_positions = (len(prompt) + torch.arange(longest - 1)).expand(count, -1).to(self.device)
+            logits = self.llm(
+                input_ids=ids[:, :-1].to(self.device), attention_mask=attention, position_ids=answer_positions,
+                cache=cache, use_cache=True,
+            ).logits  # (C, L-1, V)
+            log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
+            scores = scores + (log_probs.cpu() * answer_mask[:, 1:]).sum(dim=1)
+        return scores.double().cpu().numpy()
+
+    @torch.no_grad()
+    def score_choices_full(self, motion: np.ndarray | torch.Tensor, question: str, choices: Sequence[str]) -> np.ndarray:
+        """Return the same scores as `score_choices` by running C full sequences in one batch.
+
+        Slower, but it shares its code path with training (`answer_log_probs`), so it is the
+        reference the cached scoring is tested against.
+        """
+        if not choices:
+            raise ValueError("score_choices_full needs at least one choice")
         token_log_probs, _ = self.answer_log_probs([motion] * len(choices), [question] * len(choices), choices)
         return token_log_probs.sum(dim=1).double().cpu().numpy()
 

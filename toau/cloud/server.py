@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Callable
 
 import httpx
 import uvicorn
@@ -236,6 +236,21 @@ class _Handler:
         timings = {"receive": _ms(received - started), "parse": _ms(time.perf_counter() - received)}
         return packet, timings
 
+    async def serve(
+        self, request: Request, question: str, make_job: Callable[[str, MotionPacket], Job]
+    ) -> tuple[str, MotionPacket, JobResult, Timings]:
+        """Receive and check the packet, run the job `make_job(request id, packet)` builds, and time it.
+
+        Returns (request id, packet, result, timings); every step raises ServiceError on failure.
+        """
+        started = time.perf_counter()
+        deadline = started + self.limits.request_timeout_s
+        rid = request_id(request)
+        packet, step_timings = await self.receive_packet(request, deadline)
+        self.check_prompt(packet, question)
+        result = await self.run(make_job(rid, packet), deadline)
+        return rid, packet, result, _timings(step_timings, result, started)
+
     def check_prompt(self, packet: MotionPacket, question: str) -> None:
         try:
             self.bundle.check_prompt(packet.index_count, question)
@@ -334,13 +349,10 @@ def create_app(bundle: ModelBundle, limits: ServiceLimits = ServiceLimits()) -> 
             int | None, Query(ge=1, le=limits.max_new_tokens, description="max generated tokens")
         ] = None,
     ) -> AnswerResponse:
-        started = time.perf_counter()
-        deadline = started + limits.request_timeout_s
-        rid = request_id(request)
-        packet, step_timings = await handler.receive_packet(request, deadline)
-        handler.check_prompt(packet, question)
-        job = Job(rid, packet.indices, question, None, max_new_tokens or limits.max_new_tokens)
-        result = await handler.run(job, deadline)
+        def make_job(rid: str, packet: MotionPacket) -> Job:
+            return Job(rid, packet.indices, question, None, max_new_tokens or limits.max_new_tokens)
+
+        rid, packet, result, timings = await handler.serve(request, question, make_job)
         response.headers[REQUEST_ID_HEADER] = rid
         return AnswerResponse(
             request_id=rid,
@@ -348,7 +360,7 @@ def create_app(bundle: ModelBundle, limits: ServiceLimits = ServiceLimits()) -> 
             index_count=packet.index_count,
             frame_count=packet.frame_count,
             batch_size=result.batch_size,
-            timings_ms=_timings(step_timings, result, started),
+            timings_ms=timings,
         )
 
     @app.post(
@@ -367,14 +379,11 @@ def create_app(bundle: ModelBundle, limits: ServiceLimits = ServiceLimits()) -> 
             Query(alias="choice", min_length=2, max_length=limits.max_choices, description="repeat once per choice"),
         ],
     ) -> ChooseResponse:
-        started = time.perf_counter()
-        deadline = started + limits.request_timeout_s
-        rid = request_id(request)
         if any(not choice for choice in choices):
             raise ServiceError(422, "every choice must be non-empty")
-        packet, step_timings = await handler.receive_packet(request, deadline)
-        handler.check_prompt(packet, question)
-        result = await handler.run(Job(rid, packet.indices, question, tuple(choices)), deadline)
+        rid, packet, result, timings = await handler.serve(
+            request, question, lambda rid, packet: Job(rid, packet.indices, question, tuple(choices))
+        )
         response.headers[REQUEST_ID_HEADER] = rid
         return ChooseResponse(
             request_id=rid,
@@ -382,7 +391,7 @@ def create_app(bundle: ModelBundle, limits: ServiceLimits = ServiceLimits()) -> 
             choice=max(range(len(choices)), key=result.scores.__getitem__),
             index_count=packet.index_count,
             frame_count=packet.frame_count,
-            timings_ms=_timings(step_timings, result, started),
+            timings_ms=timings,
         )
 
     @app.get("/healthz", response_model=HealthResponse, summary="Liveness and the loaded models")

@@ -44,7 +44,7 @@ from toau.cloud import model as model_module
 from toau.cloud import projector as projector_module
 from toau.cloud import train as train_module
 from toau.cloud.llm import load_backbone, sha256_file
-from toau.cloud.model import MotionLanguageModel, Sample, left_pad
+from toau.cloud.model import MotionLanguageModel, Sample
 from toau.cloud.projector import WEIGHTS_FILE, MotionProjector, ProjectorConfig, load_projector, save_projector
 from toau.cloud.train import CHECKPOINT_DIR, HISTORY_FILE, STATE_FILE, train_projector
 from toau.config import cache_root
@@ -407,59 +407,6 @@ def run_projector_stage(
     return metrics
 
 
-# ---------------------------------------------------------------- scoring
-
-
-@torch.no_grad()
-def score_choices_cached(
-    model: MotionLanguageModel, motion: np.ndarray | torch.Tensor, question: str, choices: Sequence[str]
-) -> np.ndarray:
-    """Return the log-likelihood (C,) of each choice, as `MotionLanguageModel.score_choices` does.
-
-    The shared prompt (motion and question) runs through the LLM once with a KV cache, and the C
-    answer turns then run as one right-padded batch on C copies of that cache. Compared with
-    scoring C full sequences, this saves C - 1 passes over the prompt.
-    """
-    if not choices:
-        raise ValueError("score_choices_cached needs at least one choice")
-    motion_embeds = model.project(motion)
-    num_motion_tokens = motion_embeds.shape[0]
-    prompt = model.encode(question, num_motion_tokens).ids
-    answers = []
-    for choice in choices:
-        encoded = model.encode(question, num_motion_tokens, choice)
-        answers.append(encoded.ids[encoded.num_prompt_tokens :])
-        if not answers[-1]:
-            raise ValueError(f"choice {choice!r} has no answer token left within max_length={model.max_length}")
-
-    embeds, mask, positions = model.embed_batch([prompt], [motion_embeds])
-    prefill = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(prefill.logits[0, -1].float(), dim=-1)  # (V,) for every answer's first token
-
-    count, longest = len(answers), max(len(answer) for answer in answers)
-    ids, answer_mask = _right_pad(answers, model.pad_id)
-    scores = first[ids[:, 0]]
-    if longest > 1:
-        cache = prefill.cache
-        cache.batch_repeat_interleave(count)
-        prompt_mask = torch.ones((count, len(prompt)), dtype=torch.long)
-        attention = torch.cat([prompt_mask, answer_mask[:, :-1]], dim=1).to(model.device)
-        answer_positions = (len(prompt) + torch.arange(longest - 1)).expand(count, -1).to(model.device)
-        logits = model.llm(
-            input_ids=ids[:, :-1].to(model.device), attention_mask=attention, position_ids=answer_positions,
-            cache=cache, use_cache=True,
-        ).logits
-        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
-        scores = scores + (log_probs.cpu() * answer_mask[:, 1:]).sum(dim=1)
-    return scores.double().cpu().numpy()
-
-
-def _right_pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad integer rows: values (B, L) and mask (B, L), the mirror of `left_pad`."""
-    flipped, mask = left_pad([list(reversed(row)) for row in rows], value)
-    return flipped.flip(1), mask.flip(1)
-
-
 def prompt_tokens(model: MotionLanguageModel, question: str, num_frames: int) -> tuple[int, int]:
     """Return (motion tokens, text tokens) of the prompt for a motion of num_frames frames (0: no motion)."""
     motion = model.projector.num_tokens(num_frames) if num_frames else 0
@@ -533,7 +480,7 @@ def evaluate_questions(
     records = {method: {"predictions": [], "motion_tokens": [], "text_tokens": []} for method in MOTION_METHODS}
     for question, partner in zip(tqdm(questions, desc="benchmark questions"), partners):
         for method, motion in question_motions(question, questions[partner], prepared, tokenizer).items():
-            scores = score_choices_cached(model, motion, question.question, question.choices)
+            scores = model.score_choices(motion, question.question, question.choices)
             motion_tokens, text_tokens = prompt_tokens(model, question.question, len(motion))
             records[method]["predictions"].append(int(np.argmax(scores)))
             records[method]["motion_tokens"].append(motion_tokens)

@@ -25,7 +25,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 from torch import nn
@@ -388,11 +388,14 @@ def encode_track(
     *,
     frames_decoded: int | None = None,
     last_arrival: float | None = None,
+    encode: Callable[[np.ndarray], tuple[np.ndarray, StreamStats | None]] | None = None,
 ) -> EdgeResult:
     """Run the stages after pose estimation on a whole track and return the result.
 
     times: the decode and pose times so far, which this adds to.
     last_arrival: the `time.perf_counter()` at which the last frame arrived (default: now).
+    encode: maps the features (F-1, 263) to (indices (N,), stream statistics); the default runs
+    the tokenizer on the whole clip. The streaming path passes one that reuses its chunks.
     """
     if times is None:
         times = StageTimes()
@@ -401,7 +404,7 @@ def encode_track(
         joints = motion_from_track(track, params, tokenizer.frames_per_index)
         features = joints_to_features(joints)
     with timed(times, "tokenizer"):
-        indices = tokenizer.encode(features)
+        indices, stats = encode(features) if encode is not None else (tokenizer.encode(features), None)
     with timed(times, "packing"):
         packet = _packet(tokenizer, indices, features, params)
     return EdgeResult(
@@ -415,6 +418,7 @@ def encode_track(
         after_last_frame_ms=1000.0 * (time.perf_counter() - last_arrival),
         frames_decoded=len(track) if frames_decoded is None else frames_decoded,
         frames_per_index=tokenizer.frames_per_index,
+        stream=stats,
     )
 
 
@@ -557,29 +561,12 @@ class EdgeStream:
         self._finished = True
         try:
             track = PoseTrack.from_frames(self._poses, self._stamps)
-            with timed(self.timings, "features"):
-                joints = motion_from_track(track, self.params, self.tokenizer.frames_per_index)
-                features = joints_to_features(joints)
-            with timed(self.timings, "tokenizer"):
-                indices, stats = self._reconcile(features)
-            with timed(self.timings, "packing"):
-                packet = _packet(self.tokenizer, indices, features, self.params)
-            after_last_frame_ms = 1000.0 * (time.perf_counter() - self._last_arrival)
+            return encode_track(
+                track, self.tokenizer, self.params, self.timings,
+                frames_decoded=self.frames_pushed, last_arrival=self._last_arrival, encode=self._reconcile,
+            )
         finally:
             self.close()
-        return EdgeResult(
-            packet=packet,
-            indices=indices,
-            joints=joints,
-            features=features,
-            track=track,
-            detection_rate=track.detection_rate,
-            timings_ms=self.timings,
-            after_last_frame_ms=after_last_frame_ms,
-            frames_decoded=self.frames_pushed,
-            frames_per_index=self.tokenizer.frames_per_index,
-            stream=stats,
-        )
 
     def close(self) -> None:
         """Release the estimator if the stream made it. `finish` calls this."""
