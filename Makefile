@@ -26,7 +26,11 @@ $(STAMP): requirements.txt pyproject.toml
 data:
 	ln -s "$(abspath $(TOAU_DATA_ROOT))" data
 
+# DVC hashes data/ (data.dvc) while the stages read TOAU_DATA_ROOT, so both must name one folder.
 repro: $(STAMP) | data
+	@if [ "$$(realpath data)" != "$$(realpath "$(TOAU_DATA_ROOT)")" ]; then \
+	  echo "data/ points to $$(realpath data) but TOAU_DATA_ROOT is $(TOAU_DATA_ROOT);" \
+	    "remove the data link (rm data) so that make repro links it to TOAU_DATA_ROOT" >&2; exit 1; fi
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 prepare: $(STAMP)

@@ -33,6 +33,28 @@ def test_edge_missing_output_folder(tmp_path, capsys):
     assert "--preview" in capsys.readouterr().err
 
 
+def test_edge_video_is_folder(tmp_path, capsys):
+    code = main(["edge", str(tmp_path), "-o", str(tmp_path / "x.toau")])
+    assert code == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_edge_output_is_folder(tmp_path, capsys):
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"not read")
+    code = main(["edge", str(video), "-o", str(tmp_path)])
+    assert code == 2
+    assert f"-o: {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_send_url_without_scheme(tmp_path, capsys):
+    packet = tmp_path / "clip.toau"
+    packet.write_bytes(b"not read")
+    code = main(["send", str(packet), "--question", "what?", "--url", "127.0.0.1:8000"])
+    assert code == 2
+    assert "write http://127.0.0.1:8000" in capsys.readouterr().err
+
+
 def test_projector_for_other_codebook_rejected(tmp_path):
     from toau.cloud.service import check_projector_codebook, random_tokenizer
 

@@ -72,6 +72,37 @@ def test_round_trip_same_indices(tokenizer_dir, features_file, tmp_path):
     assert int(decoded["fps"]) == 20
 
 
+def test_decode_writes_given_path(tokenizer_dir, features_file, tmp_path):
+    packet, output = tmp_path / "clip.toau", tmp_path / "decoded.bin"
+    assert run("encode", str(features_file), "-o", str(packet), "--tokenizer", str(tokenizer_dir)) == 0
+
+    assert run("decode", str(packet), "-o", str(output), "--tokenizer", str(tokenizer_dir)) == 0
+
+    assert sorted(np.load(output)) == ["features", "fps", "indices"]
+    assert not (tmp_path / "decoded.bin.npz").exists()
+
+
+def test_decode_rejects_other_fps(tokenizer_dir, features_file, tmp_path, capsys):
+    from toau.channel.packet import decode_packet, encode_packet
+
+    packet = tmp_path / "clip.toau"
+    assert run("encode", str(features_file), "-o", str(packet), "--tokenizer", str(tokenizer_dir)) == 0
+    parsed = decode_packet(packet.read_bytes())
+    parsed.fps = 30
+    packet.write_bytes(encode_packet(parsed))
+
+    assert run("decode", str(packet), "-o", str(tmp_path / "x.npz"), "--tokenizer", str(tokenizer_dir)) == 2
+    assert "packet fps is 30" in capsys.readouterr().err
+
+
+def test_truncated_gzip_rejected(tokenizer_dir, bandai_dir, tmp_path, capsys):
+    clip = tmp_path / "clip.bvh.gz"
+    clip.write_bytes(next(bandai_dir.rglob("*.bvh.gz")).read_bytes()[:5000])
+
+    assert run("encode", clip, "-o", tmp_path / "x.toau", "--tokenizer", tokenizer_dir) == 2
+    assert "truncated gzip" in capsys.readouterr().err
+
+
 def test_entropy_round_trip(tokenizer_dir, features_file, tmp_path):
     features = np.load(features_file)
     expected = load_tokenizer(tokenizer_dir).encode(features)

@@ -12,7 +12,8 @@ import pytest
 
 from toau.channel.codec import packet_bytes
 from toau.cloud import commands
-from toau.cloud.server import DEFAULT_HOST, DEFAULT_PORT, ServerThread, create_app
+from toau.channel.packet import MotionPacket, encode_packet
+from toau.cloud.server import DEFAULT_HOST, DEFAULT_PORT, REQUEST_ID_HEADER, ServerThread, create_app
 from toau.cloud.service import (
     BatchWorker,
     Job,
@@ -203,8 +204,48 @@ def test_codebook_mismatch(server, bundle):
     assert bundle.codebook_hash.hex() in detail
 
 
+@pytest.mark.parametrize("field, value", [("codebook_size", 1024), ("fps", 30)])
+def test_header_field_mismatch(server, bundle, field, value):
+    # The right codebook hash with another K or fps: what a broken or forged sender produces.
+    header = {"fps": 20, "codebook_size": bundle.tokenizer.codebook_size, field: value}
+    packet = MotionPacket(np.arange(8), frame_count=32, codebook_hash=bundle.codebook_hash, **header)
+    response = post(server.url, encode_packet(packet))
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert f"{field} is {value}" in response.json()["detail"]
+
+
 def test_empty_question(server, bundle):
     assert post(server.url, make_packet(bundle), question="").status_code == 422
+
+
+def test_blank_question(server, bundle):
+    response = post(server.url, make_packet(bundle), question="   ")
+    assert response.status_code == 422
+    assert response.json()["field"] == "question"
+
+
+def test_validation_error_format(server, bundle):
+    response = post(server.url, make_packet(bundle), question="x" * 3000)
+    body = response.json()
+    assert response.status_code == 422
+    assert body["field"] == "question"
+    assert "2000 characters" in body["detail"]
+    assert body["request_id"] == response.headers[REQUEST_ID_HEADER]
+    assert "xxxx" not in body["detail"]
+
+
+@pytest.mark.parametrize("choice", ["  ", "x" * (ServiceLimits().max_choice_chars + 1)])
+def test_choice_rejected(server, bundle, choice):
+    response = post(server.url, make_packet(bundle), "/v1/choose", choice=["walks", choice])
+    assert response.status_code == 422
+    assert response.json()["field"] == "choice"
+
+
+def test_unknown_path_has_request_id(server):
+    response = httpx.get(server.url + "/v2/answer")
+    assert response.status_code == 404
+    assert REQUEST_ID_HEADER in response.headers
 
 
 def test_max_new_tokens_above_limit(server, bundle):

@@ -1,10 +1,14 @@
 """The `toau` command. Each subcommand is a thin layer over a library function."""
 
 import argparse
+import gzip
 import importlib
 import json
 import logging
+import os
 import sys
+import zlib
+from pathlib import Path
 
 from toau.config import data_root, load_params
 
@@ -22,6 +26,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
     return value
+
+
+def check_output_file(option: str, path: str | os.PathLike) -> None:
+    """Raise before any work if `path` cannot be written as a file: no folder, a folder, or read-only."""
+    path = Path(path)
+    folder = path.resolve().parent
+    if path.is_dir():
+        raise ValueError(f"{option}: {path} is a folder; give a file name inside it")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option}: folder {folder} for {path} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{option}: folder {folder} is not writable; choose another output path")
+
+
+def check_input_file(option: str, path: str | os.PathLike) -> None:
+    """Raise if `path` is missing or is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option}: {path} is a folder; give a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{option}: {path} not found")
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -60,31 +85,34 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from toau.channel.codec import encode_motion, load_motion, load_tokenizer
 
+    check_input_file("input", args.input)
+    check_output_file("-o", args.output)
     tokenizer = load_tokenizer(args.tokenizer, require_index_model=args.entropy)
-    features = load_motion(args.input, joint_map=args.joint_map)
+    try:
+        features = load_motion(args.input, joint_map=args.joint_map)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(f"{args.input} is a damaged or truncated gzip file ({error}); fetch or compress it again") from None
     data = encode_motion(tokenizer, features, entropy=args.entropy)
     Path(args.output).write_bytes(data)
     frames = len(features) // tokenizer.frames_per_index * tokenizer.frames_per_index
     print(
         f"{args.output}: {len(features)} feature rows -> {frames // tokenizer.frames_per_index} indices, "
         f"{len(data)} bytes ({'range-coded' if args.entropy else 'fixed 9-bit'}), "
-        f"{8 * len(data) / frames:.3f} bits per frame over {frames} frames"
+        f"{8 * len(data) / frames:.3f} bits per frame over {frames} frames (header included)"
     )
     return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
 
     from toau.channel.codec import decode_motion, load_tokenizer
     from toau.channel.packet import CodebookMismatchError
 
+    check_input_file("packet", args.packet)
+    check_output_file("-o", args.output)
     tokenizer = load_tokenizer(args.tokenizer)
     data = Path(args.packet).read_bytes()
     try:
@@ -92,12 +120,19 @@ def _decode(args: argparse.Namespace) -> int:
     except CodebookMismatchError as error:
         print(f"toau decode: error: {error} (tokenizer folder: {args.tokenizer})", file=sys.stderr)
         return EXIT_CODEBOOK_MISMATCH
+    if packet.fps != tokenizer.fps:
+        raise ValueError(
+            f"packet fps is {packet.fps}, but the tokenizer decodes {tokenizer.fps} fps motion; "
+            "the packet is damaged or was made by another encoder"
+        )
     arrays = {"features": features, "indices": packet.indices, "fps": np.int64(packet.fps)}
     if args.joints:
         from toau.motion.humanml3d import features_to_joints
 
         arrays["joints"] = features_to_joints(features).astype(np.float32)
-    np.savez(args.output, **arrays)
+    # Through an open file, because np.savez appends .npz to a path that lacks it.
+    with open(args.output, "wb") as file:
+        np.savez(file, **arrays)
     print(
         f"{args.packet}: {len(data)} bytes, {packet.index_count} indices -> {args.output}: "
         f"features {features.shape}" + (f", joints {arrays['joints'].shape}" if args.joints else "")
@@ -152,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
         print(f"toau {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -55,6 +55,8 @@ def _send(args: argparse.Namespace) -> int:
 
     from toau.edge.client import ServiceRejected, send_file
 
+    if not args.url.startswith(("http://", "https://")):
+        raise ValueError(f"--url {args.url} has no scheme; write http://{args.url}")
     torch.set_num_threads(args.threads)
     try:
         reply = send_file(

@@ -17,8 +17,10 @@ Status codes:
   422 invalid query parameters
   500 model failure
   503 queue full (with Retry-After) or shutting down
-  504 request timed out Every response carries X-Request-ID, and every
-rejection is logged with its request id and reason.
+  504 request timed out
+
+Every response carries X-Request-ID, and every rejection is logged with its request id and
+reason. Every error body is {"detail", "field", "request_id"}.
 """
 
 import asyncio
@@ -39,7 +41,6 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -131,7 +132,7 @@ class HealthResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
-    field: str | None = Field(None, description="the packet field that failed, for packet errors")
+    field: str | None = Field(None, description="the packet field or query parameter that failed")
     request_id: str
 
 
@@ -142,6 +143,7 @@ ERROR_RESPONSES = {
         408: "request body not received in time",
         409: "packet made with another codebook or index model",
         413: "body, packet or prompt too large",
+        422: "invalid query parameters",
         500: "model failure",
         503: "queue full (see Retry-After) or shutting down",
         504: "request timed out",
@@ -246,6 +248,8 @@ class _Handler:
         started = time.perf_counter()
         deadline = started + self.limits.request_timeout_s
         rid = request_id(request)
+        if not question.strip():
+            raise ServiceError(422, "the question has no non-space character; send the question text", field="question")
         packet, step_timings = await self.receive_packet(request, deadline)
         self.check_prompt(packet, question)
         result = await self.run(make_job(rid, packet), deadline)
@@ -324,10 +328,18 @@ def create_app(bundle: ModelBundle, limits: ServiceLimits = ServiceLimits()) -> 
 
     @app.exception_handler(RequestValidationError)
     async def validation_error_handler(request: Request, error: RequestValidationError) -> JSONResponse:
-        rid = request_id(request)
-        log.warning("request %s rejected with 422: %s", rid, error.errors())
-        response = await request_validation_exception_handler(request, error)
-        response.headers[REQUEST_ID_HEADER] = rid
+        # FastAPI's own body is a list that echoes the input; this keeps one error format for clients
+        # and keeps long inputs out of the log.
+        problems = [(str(item["loc"][-1]), item["msg"]) for item in error.errors()]
+        detail = "; ".join(f"{name}: {message}" for name, message in problems)
+        return await service_error_handler(request, ServiceError(422, detail, field=problems[0][0] if problems else None))
+
+    @app.middleware("http")
+    async def add_request_id(request: Request, call_next) -> Response:
+        # Endpoints and error handlers set the header themselves; this covers 404, 405 and /healthz.
+        response = await call_next(request)
+        if REQUEST_ID_HEADER not in response.headers:
+            response.headers[REQUEST_ID_HEADER] = request_id(request)
         return response
 
     question_query = Query(
@@ -379,8 +391,14 @@ def create_app(bundle: ModelBundle, limits: ServiceLimits = ServiceLimits()) -> 
             Query(alias="choice", min_length=2, max_length=limits.max_choices, description="repeat once per choice"),
         ],
     ) -> ChooseResponse:
-        if any(not choice for choice in choices):
-            raise ServiceError(422, "every choice must be non-empty")
+        if any(not choice.strip() for choice in choices):
+            raise ServiceError(422, "every choice must contain a non-space character", field="choice")
+        longest = max(len(choice) for choice in choices)
+        if longest > limits.max_choice_chars:
+            raise ServiceError(
+                422, f"a choice has {longest} characters, more than the limit of {limits.max_choice_chars}; "
+                "shorten it", field="choice",
+            )
         rid, packet, result, timings = await handler.serve(
             request, question, lambda rid, packet: Job(rid, packet.indices, question, tuple(choices))
         )

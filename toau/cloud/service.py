@@ -48,6 +48,7 @@ class ServiceLimits:
     max_indices: int = 1024  # 204.8 s of motion at 4 frames per index and 20 fps
     max_question_chars: int = 2000
     max_choices: int = 16
+    max_choice_chars: int = 200  # every choice runs through the LLM, so their length sets a request's cost
     max_new_tokens: int = 64  # max per request, and the default
     request_timeout_s: float = 60.0  # from the request's arrival to its response
     max_queue: int = 64  # jobs waiting for the worker; one more gets 503
@@ -56,8 +57,8 @@ class ServiceLimits:
     retry_after_s: int = 1  # Retry-After of a 503
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_indices", "max_question_chars", "max_choices", "max_new_tokens",
-                     "max_queue", "max_batch", "retry_after_s"):
+        for name in ("max_body_bytes", "max_indices", "max_question_chars", "max_choices", "max_choice_chars",
+                     "max_new_tokens", "max_queue", "max_batch", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServiceLimits.{name} is {getattr(self, name)}; it must be at least 1")
         if self.request_timeout_s <= 0 or self.batch_window_s < 0:
@@ -123,17 +124,24 @@ class ModelBundle:
         """Check untrusted packet bytes against the loaded codebook and return the packet.
 
         Raises the `PacketError` subclasses of `decode_packet`, and PacketFieldError when
-        frames_per_index differs from the tokenizer's.
+        codebook_size, frames_per_index or fps differs from the tokenizer's. A packet can carry
+        the right codebook hash with another K or fps only if its sender is broken or forged the header.
         """
         packet = decode_packet(
             data, expected_hash=self.tokenizer.hash, max_indices=max_indices, model=self.tokenizer.index_model
         )
-        if packet.frames_per_index != self.tokenizer.frames_per_index:
-            raise PacketFieldError(
-                "frames_per_index",
-                f"frames_per_index is {packet.frames_per_index}, but the loaded tokenizer has "
-                f"{self.tokenizer.frames_per_index}",
-            )
+        expected = {
+            "codebook_size": self.tokenizer.codebook_size,
+            "frames_per_index": self.tokenizer.frames_per_index,
+            "fps": self.tokenizer.fps,
+        }
+        for name, value in expected.items():
+            if getattr(packet, name) != value:
+                raise PacketFieldError(
+                    name,
+                    f"{name} is {getattr(packet, name)}, but the loaded tokenizer has {value}; "
+                    "encode the motion with the tokenizer this server loaded",
+                )
         if packet.index_count == 0:
             raise PacketFieldError("index_count", "index_count is 0, but a question needs at least one index of motion")
         return packet

@@ -25,7 +25,7 @@ class ServiceRejected(Exception):
     """A non-2xx response: status, the server's detail and field, request id and Retry-After seconds."""
 
     def __init__(self, status: int, detail: str, field: str | None, request_id: str, retry_after: float | None):
-        super().__init__(f"{status}: {detail}" + (f" (packet field {field})" if field else ""))
+        super().__init__(f"{status}: {detail}" + (f" (field {field})" if field else ""))
         self.status = status
         self.detail = detail
         self.field = field
@@ -67,7 +67,7 @@ def _rejection(response: httpx.Response) -> ServiceRejected:
     except ValueError:
         body = {"detail": response.text}
     detail = body.get("detail")
-    if not isinstance(detail, str):  # FastAPI's 422 lists its validation errors
+    if not isinstance(detail, str):  # a proxy or an older server may send a list or an object
         detail = str(detail)
     retry_after = response.headers.get("retry-after")
     return ServiceRejected(

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from toau.cli import positive_int
+from toau.cli import check_input_file, check_output_file, positive_int
 
 # The folder that the tokenizer stage writes; `toau encode` uses the same default.
 DEFAULT_TOKENIZER = "build/tokenizer"
@@ -26,7 +26,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     edge.add_argument("--entropy", action="store_true", help="range-code the indices instead of 9 bits each")
     edge.add_argument("--save-joints", metavar="NPY", help="also save the 20 fps joints (F, 22, 3) in metres as .npy")
     edge.add_argument("--preview", metavar="MP4", help="also write the video with the estimated skeleton (H.264)")
-    edge.add_argument("--stream", action="store_true", help="feed frames one at a time through EdgeStream")
+    edge.add_argument(
+        "--stream", action="store_true",
+        help="feed frames one at a time through EdgeStream; an index is encoded once about 4 s of later motion "
+        "has arrived (the facing smoothing looks ahead), so a shorter clip is encoded at its end",
+    )
     edge.add_argument("--max-side", type=int, default=None,
                       help="downscale decoded frames to this longer side in pixels (default: full size)")
     edge.add_argument("--estimator", default=None, help="registered pose estimator name (default: mediapipe)")
@@ -52,10 +56,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     from toau.edge.pipeline import run_edge, stream_video
 
-    # Check every output folder first, so that a typo does not cost a whole pipeline run.
+    # Check the input and every output first, so that a typo does not cost a whole pipeline run.
+    check_input_file("video", args.video)
     for option, path in (("-o", args.output), ("--save-joints", args.save_joints), ("--preview", args.preview)):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise FileNotFoundError(f"{option}: folder {Path(path).resolve().parent} for {path} does not exist; create it first")
+        if path:
+            check_output_file(option, path)
 
     torch.set_num_threads(args.threads)
     params = _params(args)
