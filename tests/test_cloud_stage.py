@@ -24,6 +24,7 @@ from toau.cloud.stage import (
     PROJECTOR_LOSS_FIGURE,
     PROJECTOR_METRICS_FILE,
     DecodedMotions,
+    cloud_params,
     decoded_features,
     keep_trainable,
     motion_rows,
@@ -31,6 +32,8 @@ from toau.cloud.stage import (
     prompt_tokens,
     question_motions,
     run_benchmark_stage,
+    resolve_device,
+    run_key,
     run_projector_stage,
     shuffled_partners,
 )
@@ -121,6 +124,28 @@ def test_cloud_record_names_tokenizer(stages, tokenizer_dir):
     record = json.loads((stages["cloud"] / CLOUD_FILE).read_text())
     assert record["codebook_hash"] == load_tokenizer(tokenizer_dir).hash.hex()
     assert record["tokens_per"] == "index"
+
+
+def test_device_stays_out_of_run_key(prepared_small, tokenizer_dir):
+    params = cloud_params(CLOUD_PARAMS)
+    on_gpu = {**params, "device": "cuda"}
+    prepared = PreparedData(prepared_small)
+    assert run_key(params, "tiny", tokenizer_dir, prepared) == run_key(on_gpu, "tiny", tokenizer_dir, prepared)
+
+
+def test_resolve_device_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_resolve_device_unknown_name():
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_resolve_device_without_gpu():
+    with pytest.raises(ValueError, match="sees no CUDA GPU; set device: cpu"):
+        resolve_device("cuda")
 
 
 def test_rerun_reuses_run(stages, prepared_small, tokenizer_dir, tmp_path):

@@ -108,6 +108,7 @@ VIDEO_DEFAULTS = {
     "interpolation": pixel_module.DEFAULT_INTERPOLATION,
     "requantize": False,  # send pixel-pipeline motion through the VQ-VAE before the projector
     "threads": 1,
+    "device": "cpu",  # torch device of the LLM and projector
     "bandwidths_kBps": list(DEFAULT_BANDWIDTHS_KBPS),
     "ablation": {
         "setting": {"codec": "libx264", "width": 320, "height": 180, "crf": 33},
@@ -684,7 +685,8 @@ def finetune_projector(
     The LLM is shared with `model` and stays frozen. Returns the fine-tuned model, the loss
     history and the seconds this call trained.
     """
-    tuned = MotionLanguageModel(model.llm, model.tokenizer, load_projector(cloud_dir), model.max_length)
+    projector = load_projector(cloud_dir).to(model.device)
+    tuned = MotionLanguageModel(model.llm, model.tokenizer, projector, model.max_length)
     started = time.perf_counter()
     history = train_projector(tuned, [("video-qa", list(samples), int(params["steps"]))], params["train"], run_dir)
     return tuned.eval(), history, time.perf_counter() - started
@@ -731,7 +733,7 @@ def run_video_stage(
 
     prepared = PreparedData(prepared_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
-    model, llm_name, _ = load_trained_model(Path(cloud_dir), tokenizer, backbone)
+    model, llm_name, _ = load_trained_model(Path(cloud_dir), tokenizer, backbone, params["device"])
     projector_sha = sha256_file(cloud_dir / WEIGHTS_FILE)
     model_key = digest(projector_sha, llm_name, tokenizer.hash.hex())
     video_key = digest(model_key, params["requantize"])

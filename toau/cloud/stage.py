@@ -71,7 +71,7 @@ LOSS_WINDOW = 20  # steps averaged for the first and last loss of a training sta
 # Bump when the sample building in this module changes, so that runs keyed before it are retrained.
 SAMPLES_VERSION = 1
 # Settings that change no weight, so they stay out of the run key.
-BOOKKEEPING = ("threads",)
+BOOKKEEPING = ("threads", "device")
 TRAIN_BOOKKEEPING = ("checkpoint_every",)
 # Code that shapes the trained weights; its source enters the run key.
 TRAINING_SOURCES = (train_module, model_module, projector_module, captions_module, questions_module, labels_module)
@@ -81,6 +81,7 @@ CLOUD_DEFAULTS = {
     "tokens_per": "frame",
     "projector_hidden": None,
     "threads": 1,
+    "device": "cpu",
     "max_frames": None,
     "sample_seed": 0,
     "stages": {"captions": 100, "qa": 100},
@@ -91,6 +92,7 @@ BENCHMARK_DEFAULTS = {
     "seed": 0,
     "per_category": None,
     "threads": 1,
+    "device": "cpu",
     "examples": 6,
     "max_new_tokens": 32,
 }
@@ -206,6 +208,24 @@ def keep_trainable(
 
 
 
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for a `device` setting ("cpu", "cuda", "cuda:1", "mps"), checked to exist."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device {name!r} is not a torch device ({error}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} is set, but this torch ({torch.__version__}) sees no CUDA GPU; "
+            "set device: cpu in params.yaml, or install a CUDA build of torch"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} is set, but only {torch.cuda.device_count()} CUDA GPUs are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} is set, but MPS is not available here; set device: cpu in params.yaml")
+    return device
+
+
 def resolve_backbone(llm_name: str, backbone: tuple | None) -> tuple:
     """Return (LLM, text tokenizer, recorded name): `backbone` if given, else the LLM named `llm_name`."""
     if backbone is None:
@@ -225,7 +245,9 @@ def build_model(
     width = llm.get_input_embeddings().weight.shape[1]
     config = ProjectorConfig(width, params["tokens_per"], hidden_size=params["projector_hidden"])
     torch.manual_seed(int(params["train"].get("seed", 0)))
-    return MotionLanguageModel(llm, text_tokenizer, MotionProjector(config)), name
+    # The projector is initialised on the CPU first, so its seeded weights do not depend on the device.
+    model = MotionLanguageModel(llm, text_tokenizer, MotionProjector(config))
+    return model.to(resolve_device(params.get("device", "cpu"))), name
 
 
 # ---------------------------------------------------------------- projector stage
@@ -609,12 +631,13 @@ def load_cloud_record(cloud_dir: Path, tokenizer: Tokenizer) -> dict:
 
 
 def load_trained_model(
-    cloud_dir: Path, tokenizer: Tokenizer, backbone: tuple | None = None,
+    cloud_dir: Path, tokenizer: Tokenizer, backbone: tuple | None = None, device: str = "cpu",
 ) -> tuple[MotionLanguageModel, str, dict]:
     """Load the projector stage's model for this tokenizer: (model in eval mode, LLM name, cloud.json record)."""
     cloud = load_cloud_record(cloud_dir, tokenizer)
     llm, text_tokenizer, llm_name = resolve_backbone(cloud["llm"], backbone)
-    return MotionLanguageModel(llm, text_tokenizer, load_projector(cloud_dir)).eval(), llm_name, cloud
+    model = MotionLanguageModel(llm, text_tokenizer, load_projector(cloud_dir))
+    return model.to(resolve_device(device)).eval(), llm_name, cloud
 
 
 def run_benchmark_stage(
@@ -639,7 +662,7 @@ def run_benchmark_stage(
     prepared = PreparedData(prepared_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     _check_statistics(tokenizer, prepared)
-    model, llm_name, cloud = load_trained_model(cloud_dir, tokenizer, backbone)
+    model, llm_name, cloud = load_trained_model(cloud_dir, tokenizer, backbone, params["device"])
 
     questions = build_benchmark(prepared, split=params["split"], seed=params["seed"], per_category=params["per_category"])
     started = time.perf_counter()
