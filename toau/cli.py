@@ -29,7 +29,7 @@ def positive_int(text: str) -> int:
 
 
 def check_output_file(option: str, path: str | os.PathLike) -> None:
-    """Raise before any work if `path` cannot be written as a file: no folder, a folder, or read-only."""
+    """Raise before any work if `path` cannot be written: its folder is missing or read-only, or it is a folder."""
     path = Path(path)
     folder = path.resolve().parent
     if path.is_dir():
@@ -93,7 +93,9 @@ def _encode(args: argparse.Namespace) -> int:
     try:
         features = load_motion(args.input, joint_map=args.joint_map)
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise ValueError(f"{args.input} is a damaged or truncated gzip file ({error}); fetch or compress it again") from None
+        raise ValueError(
+            f"{args.input} is a damaged or truncated gzip file ({error}); fetch or compress it again"
+        ) from None
     data = encode_motion(tokenizer, features, entropy=args.entropy)
     Path(args.output).write_bytes(data)
     frames = len(features) // tokenizer.frames_per_index * tokenizer.frames_per_index
